@@ -1,0 +1,5 @@
+"""``python -m healthd``."""
+
+from healthd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,357 @@
+"""The command line: the only place that parses argv and decides exit codes.
+
+Exit codes: 0 success; 1 a problem found (invalid config, unhealthy check, unknown
+workload); 2 usage or configuration error where the command could not do its job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from healthd import __version__, durations
+from healthd.checks import KINDS, run_check
+from healthd.config import editor
+from healthd.config.daemon import DaemonSettings, default_config_dir, default_status_dir
+from healthd.config.loader import load_dir
+from healthd.config.workload import WorkloadConfig
+from healthd.demo import run_demo
+from healthd.engine.daemon import Daemon
+from healthd.errors import ConfigError, DurationError, HealthdError, StatusFileError
+from healthd.events import EventBus, LogSink
+from healthd.logs import make_logger
+from healthd.model import State, WorkloadStatus
+from healthd.resolve import Address, MachinectlResolver
+from healthd.store.status import StatusStore, to_json
+
+OK, PROBLEM, USAGE = 0, 1, 2
+
+
+def _duration(text: str) -> float:
+    try:
+        return durations.parse_seconds(text)
+    except DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="healthd", description="Continuous health monitoring for container workloads."
+    )
+    parser.add_argument("--version", action="version", version=f"healthd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config-dir",
+            type=Path,
+            default=None,
+            help="workload files (default: $HEALTHD_CONFIG_DIR or /etc/volt/health)",
+        )
+
+    def status_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--status-dir",
+            type=Path,
+            default=None,
+            help="status files (default: $HEALTHD_STATUS_DIR or /var/lib/volt/health)",
+        )
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    config_dir(run)
+    status_dir(run)
+    run.add_argument(
+        "--unit-template",
+        default=DaemonSettings.unit_template,
+        help="systemd unit restarted when a workload has no restart_command (default: %(default)s)",
+    )
+    run.add_argument(
+        "--restart-timeout",
+        type=_duration,
+        default=DaemonSettings.restart_timeout,
+        metavar="DURATION",
+        help="deadline of one restart (default: 1m0s)",
+    )
+    run.add_argument("--log-format", choices=["logfmt", "json"], default="logfmt")
+
+    validate = sub.add_parser("validate", help="check every workload file; exit 1 on problems")
+    config_dir(validate)
+
+    add = sub.add_parser("add", help="write (or replace) a workload file")
+    config_dir(add)
+    add.add_argument("workload")
+    add.add_argument("--type", required=True, choices=sorted(KINDS))
+    add.add_argument("--target", default="", help="http: URL path; exec: shell command")
+    add.add_argument("--port", type=int, default=0)
+    add.add_argument("--interval", type=_duration, default=30.0, metavar="DURATION")
+    add.add_argument("--timeout", type=_duration, default=5.0, metavar="DURATION")
+    add.add_argument("--retries", type=int, default=3)
+    add.add_argument("--auto-restart", action="store_true")
+    add.add_argument("--max-restarts", type=int, default=0, help="0 means unlimited")
+    add.add_argument("--restart-delay", type=_duration, default=10.0, metavar="DURATION")
+    add.add_argument("--host", default=None, help="address to check instead of machinectl's")
+    add.add_argument(
+        "--restart-command",
+        default=None,
+        metavar="CMD",
+        help="command line run to restart ({workload} is substituted)",
+    )
+    add.add_argument("--disabled", action="store_true", help="configure, but do not monitor")
+
+    rm = sub.add_parser("rm", help="remove a workload file")
+    config_dir(rm)
+    rm.add_argument("workload")
+    rm.add_argument("-f", "--force", action="store_true", help="no error if it does not exist")
+
+    ls = sub.add_parser("ls", help="list configured workloads")
+    config_dir(ls)
+    ls.add_argument("--json", action="store_true")
+
+    status = sub.add_parser("status", help="show saved status (statuses.json)")
+    config_dir(status)
+    status_dir(status)
+    status.add_argument("workload", nargs="?")
+    status.add_argument("--json", action="store_true")
+
+    check = sub.add_parser("check", help="run one workload's check now")
+    config_dir(check)
+    check.add_argument("workload")
+
+    demo = sub.add_parser("demo", help="watch real local workloads break and be restarted")
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds (default: 30)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "config_dir") and args.config_dir is None:
+        args.config_dir = default_config_dir()
+    if hasattr(args, "status_dir") and args.status_dir is None:
+        args.status_dir = default_status_dir()
+    handler = globals()[f"cmd_{args.command}"]
+    try:
+        code: int = handler(args)
+    except HealthdError as exc:
+        print(f"healthd: {exc}", file=sys.stderr)
+        return USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = DaemonSettings(
+        config_dir=args.config_dir,
+        status_dir=args.status_dir,
+        unit_template=args.unit_template,
+        restart_timeout=args.restart_timeout,
+    )
+    log = make_logger(fmt=args.log_format)
+
+    async def serve() -> None:
+        daemon = Daemon(settings, bus=EventBus(log, [LogSink(log)]), log=log)
+        with daemon.capture_signals():
+            await daemon.run()
+
+    asyncio.run(serve())
+    return OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    result = load_dir(args.config_dir)
+    for problem in result.problems:
+        print(problem)
+    disabled = sum(not c.enabled for c in result.configs.values())
+    summary = f"{len(result.configs)} valid workload(s) ({disabled} disabled)"
+    if result.problems:
+        print(f"{len(result.problems)} problem(s); {summary}", file=sys.stderr)
+        return PROBLEM
+    print(f"ok: {summary} in {args.config_dir}")
+    return OK
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    restart_command = None
+    if args.restart_command is not None:
+        try:
+            restart_command = tuple(shlex.split(args.restart_command))
+        except ValueError as exc:
+            print(f"healthd: --restart-command: {exc}", file=sys.stderr)
+            return USAGE
+    cfg = WorkloadConfig(
+        workload=args.workload,
+        type=args.type,
+        target=args.target,
+        port=args.port,
+        interval=args.interval,
+        timeout=args.timeout,
+        retries=args.retries,
+        auto_restart=args.auto_restart,
+        max_restarts=args.max_restarts,
+        restart_delay=args.restart_delay,
+        enabled=not args.disabled,
+        host=args.host,
+        restart_command=restart_command,
+    )
+    try:
+        path, created = editor.write(args.config_dir, cfg)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(
+                f"healthd: {problem.field}: {problem.reason}"
+                if problem.field
+                else f"healthd: {problem.reason}",
+                file=sys.stderr,
+            )
+        return PROBLEM
+    print(f"{'created' if created else 'updated'} {path}")
+    return OK
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    removed = editor.remove(args.config_dir, args.workload)
+    if not removed:
+        if args.force:
+            return OK
+        print(f"healthd: no such workload {args.workload!r} in {args.config_dir}", file=sys.stderr)
+        return PROBLEM
+    for path in removed:
+        print(f"removed {path}")
+    return OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    result = load_dir(args.config_dir)
+    for problem in result.problems:
+        print(f"healthd: {problem}", file=sys.stderr)
+    configs = [c.with_defaults() for c in result.configs.values()]
+    if args.json:
+        print(json.dumps([c.to_yaml_mapping() for c in configs], indent=2))
+        return OK
+    rows = [["WORKLOAD", "TYPE", "CHECKS", "INTERVAL", "TIMEOUT", "RETRIES", "RESTART", "STATE"]]
+    for c in configs:
+        kind = KINDS[c.type]
+        address = c.host or "(machinectl)"
+        restart = "no"
+        if c.auto_restart:
+            restart = f"max {c.max_restarts}" if c.max_restarts else "unlimited"
+        rows.append(
+            [
+                c.workload,
+                c.type,
+                kind.describe(c, address),
+                durations.format_seconds(c.interval),
+                durations.format_seconds(c.timeout),
+                str(c.retries),
+                restart,
+                "enabled" if c.enabled else "disabled",
+            ]
+        )
+    print_table(rows)
+    if not configs and not result.problems:
+        print(f"no workloads in {args.config_dir}", file=sys.stderr)
+    return OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        statuses = StatusStore(args.status_dir).read()
+    except StatusFileError as exc:
+        print(f"healthd: {exc}", file=sys.stderr)
+        return USAGE
+    configured = load_dir(args.config_dir).configs if args.config_dir.is_dir() else {}
+    for name, cfg in configured.items():
+        if name not in statuses:  # configured since the daemon last wrote its status
+            statuses[name] = WorkloadStatus(workload=name, state=State.STARTING)
+        if not cfg.enabled:
+            statuses[name].state = State.DISABLED
+    if args.workload:
+        if args.workload not in statuses:
+            print(f"healthd: no status for workload {args.workload!r}", file=sys.stderr)
+            return PROBLEM
+        statuses = {args.workload: statuses[args.workload]}
+    ordered = sorted(statuses.values(), key=lambda s: s.workload)
+    if args.json:
+        body: Any = [to_json(s) for s in ordered]
+        print(json.dumps(body[0] if args.workload else body, indent=2))
+        return OK
+    rows = [["WORKLOAD", "STATE", "LAST CHECK", "FAILS", "CHECKS", "RESTARTS", "LAST ERROR"]]
+    now = datetime.now(UTC)
+    for s in ordered:
+        rows.append(
+            [
+                s.workload,
+                s.state.value,
+                ago(s.last_check, now),
+                f"{s.consecutive_fails}/{s.total_fails}",
+                str(s.total_checks),
+                str(s.restart_count),
+                s.last_error[:60],
+            ]
+        )
+    print_table(rows)
+    return OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg, problems = editor.find(args.config_dir, args.workload)
+    if cfg is None:
+        for problem in problems:
+            print(f"healthd: {problem}", file=sys.stderr)
+        return USAGE
+    cfg = cfg.with_defaults()
+
+    async def once() -> tuple[Address | None, Any]:
+        address = None
+        if KINDS[cfg.type].needs_address:
+            address = (
+                Address(cfg.host, "host")
+                if cfg.host
+                else await MachinectlResolver().resolve(cfg.workload)
+            )
+        return address, await run_check(cfg, address.host if address else "")
+
+    address, result = asyncio.run(once())
+    target = KINDS[cfg.type].describe(cfg, address.host if address else "")
+    took = f"{result.duration * 1000:.1f} ms"
+    if address is not None and address.is_fallback:
+        print(f"note: address {address.host} ({address.source})", file=sys.stderr)
+    if result.ok:
+        print(f"{cfg.workload}: healthy ({took}) {target}")
+        return OK
+    print(f"{cfg.workload}: unhealthy ({took}) {result.error}")
+    return PROBLEM
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(args.duration)
+
+
+# -- output helpers -------------------------------------------------------------------------
+
+
+def ago(when: datetime | None, now: datetime) -> str:
+    if when is None:
+        return "never"
+    seconds = max(0.0, (now - when).total_seconds())
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

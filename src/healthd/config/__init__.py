@@ -1,0 +1,1 @@
+"""Workload configuration: the schema, reading a directory of files, and editing it."""

@@ -1,0 +1,235 @@
+"""WorkloadConfig: the reference's fields and defaults, healthd's additive keys, and validation.
+
+The reference decodes one YAML mapping per file into its ``Config``. healthd reads the same
+keys with the same defaults, but is strict: an unknown key, a wrong type or a value that makes
+no sense is a problem reported at its line, never silently replaced by a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from healthd import durations
+from healthd.checks import KINDS
+from healthd.errors import DurationError, Problem, WorkloadNameError
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid workload name; it is safe to join into a path."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise WorkloadNameError(
+            f"invalid workload name {name!r}: use 1-128 characters from A-Z a-z 0-9 _ . @ -, "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadConfig:
+    """One workload's check and restart settings. Durations are seconds."""
+
+    workload: str
+    type: str
+    target: str = ""
+    port: int = 0  # 0: not set (the reference omits it)
+    interval: float = 30.0
+    timeout: float = 5.0
+    retries: int = 3
+    auto_restart: bool = False
+    max_restarts: int = 0  # 0: unlimited
+    restart_delay: float = 10.0
+    enabled: bool = True  # the reference treats a missing key as false; see README
+    # healthd's additive keys
+    host: str | None = None
+    restart_command: tuple[str, ...] | None = None
+
+    def with_defaults(self) -> WorkloadConfig:
+        """The config as the daemon uses it: check-kind defaults filled in."""
+        kind = KINDS.get(self.type)
+        return kind.fill_defaults(self) if kind else self
+
+    def restart_argv(self) -> list[str] | None:
+        """``restart_command`` with ``{workload}`` substituted, or None."""
+        if self.restart_command is None:
+            return None
+        return [arg.replace("{workload}", self.workload) for arg in self.restart_command]
+
+    def to_yaml_mapping(self) -> dict[str, Any]:
+        """The keys in the reference's order and rendering, then ours when set."""
+        out: dict[str, Any] = {"workload": self.workload, "type": self.type, "target": self.target}
+        if self.port:
+            out["port"] = self.port
+        out |= {
+            "interval": durations.format_seconds(self.interval),
+            "timeout": durations.format_seconds(self.timeout),
+            "retries": self.retries,
+            "auto_restart": self.auto_restart,
+            "max_restarts": self.max_restarts,
+            "restart_delay": durations.format_seconds(self.restart_delay),
+            "enabled": self.enabled,
+        }
+        if self.host is not None:
+            out["host"] = self.host
+        if self.restart_command is not None:
+            out["restart_command"] = list(self.restart_command)
+        return out
+
+
+class FieldProblem(ValueError):
+    """A value that cannot be used for its field; the loader adds file and line."""
+
+
+Converter = Callable[[yaml.Node], Any]
+
+
+def _scalar(node: yaml.Node) -> yaml.ScalarNode:
+    if not isinstance(node, yaml.ScalarNode):
+        kind = "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+        raise FieldProblem(f"expected a single value, got {kind}")
+    return node
+
+
+def _as_str(node: yaml.Node) -> str:
+    # Like the reference's decoder, any scalar fills a string field: `target: 6379` is "6379".
+    return str(_scalar(node).value)
+
+
+def _as_int(node: yaml.Node) -> int:
+    scalar = _scalar(node)
+    if scalar.tag != "tag:yaml.org,2002:int":
+        raise FieldProblem(f"expected an integer, got {scalar.value!r}")
+    value = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), scalar)
+    assert isinstance(value, int)
+    return value
+
+
+def _as_bool(node: yaml.Node) -> bool:
+    scalar = _scalar(node)
+    if scalar.tag != "tag:yaml.org,2002:bool":
+        raise FieldProblem(f"expected true or false, got {scalar.value!r}")
+    return scalar.value.lower() in ("true", "yes", "on", "y")
+
+
+def _as_duration(node: yaml.Node) -> float:
+    scalar = _scalar(node)
+    try:
+        return durations.parse_seconds(scalar.value)
+    except DurationError as exc:
+        raise FieldProblem(str(exc)) from None
+
+
+def _as_argv(node: yaml.Node) -> tuple[str, ...]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise FieldProblem(
+            "expected a list of arguments, e.g. [systemctl, restart, 'app@{workload}']"
+        )
+    argv = []
+    for item in node.value:
+        if not isinstance(item, yaml.ScalarNode) or item.tag == "tag:yaml.org,2002:null":
+            raise FieldProblem("every argument must be a single string")
+        argv.append(str(item.value))
+    if not argv or not argv[0].strip():
+        raise FieldProblem("must name a program to run")
+    return tuple(argv)
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than zero"
+
+
+def _port(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"{value} is outside 1-65535"
+
+
+def _host(value: str) -> str | None:
+    if not value or any(c.isspace() for c in value):
+        return "must be an address or host name without spaces"
+    return None
+
+
+def _workload_name(value: str) -> str | None:
+    try:
+        check_name(value)
+    except WorkloadNameError as exc:
+        return str(exc)
+    return None
+
+
+def _check_type(value: str) -> str | None:
+    if value in KINDS:
+        return None
+    return f"unknown check type {value!r} (use one of: {', '.join(sorted(KINDS))})"
+
+
+@dataclass(frozen=True)
+class Field:
+    convert: Converter
+    check: Callable[[Any], str | None] | None = None
+
+
+FIELDS: dict[str, Field] = {
+    "workload": Field(_as_str, _workload_name),
+    "type": Field(_as_str, _check_type),
+    "target": Field(_as_str),
+    "port": Field(_as_int, _port),
+    "interval": Field(_as_duration, _positive),
+    "timeout": Field(_as_duration, _positive),
+    "retries": Field(_as_int, lambda v: None if v >= 1 else "must be at least 1"),
+    "auto_restart": Field(_as_bool),
+    "max_restarts": Field(_as_int, lambda v: None if v >= 0 else "must be 0 (unlimited) or more"),
+    "restart_delay": Field(_as_duration, _positive),
+    "enabled": Field(_as_bool),
+    "host": Field(_as_str, _host),
+    "restart_command": Field(_as_argv),
+}
+REQUIRED = ("workload", "type")
+
+
+def did_you_mean(key: str) -> str:
+    close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def build(
+    values: dict[str, Any], lines: dict[str, int], file: str, stem: str | None
+) -> tuple[WorkloadConfig | None, list[Problem]]:
+    """Cross-field validation of converted values; ``lines`` maps field -> line for messages."""
+    problems: list[Problem] = []
+    first_line = min(lines.values(), default=1)
+
+    def problem(fieldname: str, reason: str) -> None:
+        problems.append(Problem(file, lines.get(fieldname, first_line), fieldname, reason))
+
+    for key in REQUIRED:
+        if key not in values:
+            problem(key, "required")
+    name = values.get("workload")
+    if name is not None and stem is not None and name != stem:
+        problem(
+            "workload", f"{name!r} differs from the file name (expected {stem!r} in {stem}.yaml)"
+        )
+    if problems:
+        return None, problems
+    cfg = WorkloadConfig(**values)
+    for fieldname, reason in KINDS[cfg.type].validate(cfg):
+        problem(fieldname, reason)
+    if problems:
+        return None, problems
+    return cfg, []
+
+
+def convert(key: str, node: yaml.Node) -> Any:
+    """Convert and check one field's YAML value; raises FieldProblem with the reason."""
+    spec = FIELDS[key]
+    value = spec.convert(node)
+    if spec.check is not None and (reason := spec.check(value)):
+        raise FieldProblem(reason)
+    return value

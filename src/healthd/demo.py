@@ -1,0 +1,202 @@
+"""``healthd demo``: the real daemon watching real local services, one of which breaks.
+
+Three services start in a temporary directory: ``web`` (HTTP), ``cache`` (TCP) and
+``payments`` (HTTP), which crashes after a few seconds. The daemon notices, marks it unhealthy,
+runs its restart command and sees it healthy again. A live view shows states and events; at
+the end everything started is stopped and the directory removed. Exit status 0 when the story
+happened (payments broke, was restarted, and proved healthy), 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from healthd import demo_services
+from healthd.config import editor
+from healthd.config.daemon import DaemonSettings
+from healthd.config.workload import WorkloadConfig
+from healthd.engine.daemon import Daemon
+from healthd.events import EventBus, LogSink
+from healthd.logs import make_logger
+from healthd.model import Event, EventType, State
+
+CRASH_AFTER = 6.0
+_COLORS = {
+    State.HEALTHY: "32",
+    State.UNHEALTHY: "31",
+    State.RESTARTING: "33",
+    State.GAVE_UP: "35",
+    State.STARTING: "36",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Story:
+    """What the demo watches for; also the event sink of the live view."""
+
+    started: float = field(default_factory=time.monotonic)
+    events: list[tuple[float, Event]] = field(default_factory=list)
+
+    def publish(self, event: Event) -> None:
+        self.events.append((time.monotonic() - self.started, event))
+
+    def seen(self, kind: EventType, workload: str = "payments") -> float | None:
+        return next((t for t, e in self.events if e.type is kind and e.workload == workload), None)
+
+    def complete(self) -> bool:
+        unhealthy = self.seen(EventType.UNHEALTHY)
+        restart = self.seen(EventType.RESTART)
+        healthy = self.seen(EventType.HEALTHY)
+        return None not in (unhealthy, restart, healthy) and unhealthy <= restart <= healthy  # type: ignore[operator]
+
+
+class LiveView:
+    def __init__(self, daemon: Daemon, story: Story, out: TextIO) -> None:
+        self.daemon = daemon
+        self.story = story
+        self.out = out
+        self.tty = out.isatty()
+        self.printed = 0
+
+    def paint(self, remaining: float) -> None:
+        if not self.tty:  # a pipe or a log: one line per event, no redrawing
+            for t, e in self.story.events[self.printed :]:
+                print(f"[{t:5.1f}s] {e.type.value:<17} {e.workload:<9} {e.message}", file=self.out)
+            self.printed = len(self.story.events)
+            self.out.flush()
+            return
+        lines = [
+            f"healthd demo: {len(self.daemon.runners)} workloads, {remaining:4.0f}s left "
+            "(Ctrl-C stops)",
+            "",
+        ]
+        lines.append(
+            f"{'WORKLOAD':<10} {'STATE':<11} {'CHECKS':>6} {'FAILS':>5} {'RESTARTS':>8}  LAST ERROR"
+        )
+        for name, s in sorted(self.daemon.statuses.items()):
+            color = _COLORS.get(s.state, "0")
+            state = f"\x1b[{color}m{s.state.value:<11}\x1b[0m"
+            lines.append(
+                f"{name:<10} {state} {s.total_checks:>6} {s.total_fails:>5} "
+                f"{s.restart_count:>8}  {s.last_error[:50]}"
+            )
+        lines += ["", "recent events:"]
+        for t, e in self.story.events[-10:]:
+            lines.append(f"  [{t:5.1f}s] {e.type.value:<17} {e.workload:<9} {e.message[:70]}")
+        self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+        self.out.flush()
+
+
+def _configs(work: Path) -> list[tuple[WorkloadConfig, list[str]]]:
+    """Each workload's config and the command that starts its service."""
+    py = [sys.executable, "-m", "healthd.demo_services"]
+    out = []
+    for name, kind, crash in (
+        ("web", "http", None),
+        ("cache", "tcp", None),
+        ("payments", "http", CRASH_AFTER),
+    ):
+        port = free_port()
+        start = [
+            *py,
+            "start",
+            "--kind",
+            kind,
+            "--port",
+            str(port),
+            "--pidfile",
+            str(work / f"{name}.pid"),
+            "--log",
+            str(work / f"{name}.log"),
+        ]
+        first = [*start, "--crash-after", str(crash)] if crash else start
+        cfg = WorkloadConfig(
+            workload=name,
+            type=kind,
+            target="/healthz" if kind == "http" else "",
+            port=port,
+            host="127.0.0.1",
+            interval=1.0,
+            timeout=1.0,
+            retries=2,
+            auto_restart=name == "payments",
+            max_restarts=3,
+            restart_delay=2.0,
+            restart_command=tuple(start) if name == "payments" else None,
+        )
+        out.append((cfg, first))
+    return out
+
+
+async def _run(work: Path, duration: float, out: TextIO, log_file: TextIO) -> bool:
+    config_dir, status_dir = work / "config", work / "status"
+    for cfg, start_cmd in _configs(work):
+        editor.write(config_dir, cfg)
+        proc = await asyncio.create_subprocess_exec(*start_cmd)
+        if await proc.wait() != 0:
+            raise RuntimeError(f"could not start the {cfg.workload} service")
+    story = Story()
+    log = make_logger(log_file)
+    daemon = Daemon(
+        DaemonSettings(config_dir=config_dir, status_dir=status_dir),
+        bus=EventBus(log, [LogSink(log), story]),
+        log=log,
+    )
+    view = LiveView(daemon, story, out)
+    print(
+        f"healthd demo: watching web (http), cache (tcp) and payments (http, crashes "
+        f"after {CRASH_AFTER:.0f}s) for {duration:.0f}s; work dir {work}",
+        file=out,
+    )
+    task = asyncio.create_task(daemon.run())
+    with daemon.capture_signals():
+        deadline = time.monotonic() + duration
+        while time.monotonic() < deadline and not task.done():
+            view.paint(deadline - time.monotonic())
+            await asyncio.sleep(0.5)
+        daemon.request_stop()
+        await task
+    view.paint(0)
+    return story.complete()
+
+
+def run_demo(duration: float = 30.0, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    work = Path(tempfile.mkdtemp(prefix="healthd-demo-"))
+    try:
+        with open(work / "daemon.log", "w") as log_file:
+            ok = asyncio.run(_run(work, duration, out, log_file))
+    finally:
+        for pidfile in work.glob("*.pid"):
+            demo_services.stop(pidfile)
+        with contextlib.suppress(OSError):
+            shutil.rmtree(work)
+    if ok:
+        print(
+            "demo: payments crashed, was marked unhealthy, restarted, and is healthy again. "
+            "All services stopped.",
+            file=out,
+        )
+        return 0
+    print(
+        "demo: payments did not complete crash -> restart -> healthy in time "
+        "(try a longer --duration). All services stopped.",
+        file=out,
+    )
+    return 1

@@ -1,0 +1,103 @@
+"""Plain data that flows between healthd's parts: check results, events, workload status."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+
+class State(StrEnum):
+    """What a workload is doing, for humans and APIs (``state`` in statuses.json)."""
+
+    STARTING = "starting"  # no decisive result yet: never "healthy" before a success
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    RESTARTING = "restarting"  # restarted; must prove itself healthy again
+    GAVE_UP = "gave_up"  # unhealthy and the restart budget is spent
+    DISABLED = "disabled"  # configured with enabled: false, not monitored
+    CONFIG_ERROR = "config_error"  # its file does not load now; last saved counters kept
+
+
+class EventType(StrEnum):
+    """Event names; the first four are the reference's."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    RESTART = "restart"
+    CHECK_FAIL = "check_fail"
+    RESTART_FAILED = "restart_failed"
+    RESTART_EXHAUSTED = "restart_exhausted"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One check's outcome. ``error`` is empty when ``ok``; ``duration`` is in seconds."""
+
+    ok: bool
+    duration: float
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a workload, in the reference's shape plus context."""
+
+    type: EventType
+    workload: str
+    timestamp: datetime
+    message: str
+    state_from: State | None = None
+    state_to: State | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WorkloadStatus:
+    """Persisted per-workload status: the reference's ``Status`` fields, then ours.
+
+    Mutated only by the workload's policy (and the daemon for address and enablement), on the
+    event loop thread, so no lock is needed.
+    """
+
+    workload: str
+    healthy: bool = False
+    last_check: datetime | None = None
+    last_healthy: datetime | None = None
+    consecutive_fails: int = 0
+    total_checks: int = 0
+    total_fails: int = 0
+    restart_count: int = 0
+    last_error: str = ""
+    last_restart: datetime | None = None
+    # additive fields, ignored by the reference's reader
+    state: State = State.STARTING
+    address: str = ""
+    address_source: str = ""
+    restart_failures: int = 0
+    last_restart_error: str = ""
+    last_check_duration: float | None = None
+
+
+class Clock(Protocol):
+    """Time source; the policy gets one injected so tests can drive time by hand."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps: for schedules, delays and deadlines."""
+        ...
+
+    def now(self) -> datetime:
+        """Wall-clock time, timezone-aware UTC: for timestamps people read."""
+        ...
+
+
+class SystemClock:
+    """The real clocks."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""What healthd keeps on disk under the status directory."""

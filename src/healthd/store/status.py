@@ -1,0 +1,156 @@
+"""statuses.json: the reference's JSON shape, read and written both ways.
+
+The reference writes a JSON array of its ``Status`` objects (Go field names, RFC 3339 times,
+``0001-01-01T00:00:00Z`` for a time never set, ``last_error`` left out when empty). healthd
+writes the same fields the same way, sorted by workload, and adds fields of its own that the
+reference's reader ignores. Writes are atomic; a file that cannot be parsed at start is moved
+aside, reported, and monitoring starts from empty counters rather than not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from healthd.errors import StatusFileError
+from healthd.model import State, WorkloadStatus
+from healthd.store.atomic import write_atomic
+
+FILENAME = "statuses.json"
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+_INT_FIELDS = (
+    "consecutive_fails",
+    "total_checks",
+    "total_fails",
+    "restart_count",
+    "restart_failures",
+)
+_TIME_FIELDS = ("last_check", "last_healthy", "last_restart")
+
+
+def format_time(value: datetime | None) -> str:
+    if value is None:
+        return GO_ZERO_TIME
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def to_json(s: WorkloadStatus) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "workload": s.workload,
+        "healthy": s.healthy,
+        "last_check": format_time(s.last_check),
+        "last_healthy": format_time(s.last_healthy),
+        "consecutive_fails": s.consecutive_fails,
+        "total_checks": s.total_checks,
+        "total_fails": s.total_fails,
+        "restart_count": s.restart_count,
+    }
+    if s.last_error:
+        out["last_error"] = s.last_error
+    out["last_restart"] = format_time(s.last_restart)
+    out["state"] = s.state.value
+    out["address"] = s.address
+    out["address_source"] = s.address_source
+    out["restart_failures"] = s.restart_failures
+    if s.last_restart_error:
+        out["last_restart_error"] = s.last_restart_error
+    if s.last_check_duration is not None:
+        out["last_check_duration_seconds"] = round(s.last_check_duration, 6)
+    return out
+
+
+def from_json(obj: Any) -> WorkloadStatus | None:
+    """One entry, leniently: a field of the wrong type keeps its default; no name, no entry."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("workload"), str):
+        return None
+    s = WorkloadStatus(workload=obj["workload"])
+    s.healthy = obj.get("healthy") is True
+    for name in _INT_FIELDS:
+        value = obj.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            setattr(s, name, value)
+    for name in _TIME_FIELDS:
+        setattr(s, name, parse_time(obj.get(name)))
+    for name in ("last_error", "address", "address_source", "last_restart_error"):
+        if isinstance(obj.get(name), str):
+            setattr(s, name, obj[name])
+    duration = obj.get("last_check_duration_seconds")
+    if isinstance(duration, int | float) and not isinstance(duration, bool):
+        s.last_check_duration = float(duration)
+    try:
+        s.state = State(obj["state"])
+    except (KeyError, ValueError):
+        # written by the reference: derive the state from what it recorded
+        if s.total_checks:
+            s.state = State.HEALTHY if s.healthy else State.UNHEALTHY
+    return s
+
+
+def encode(statuses: Iterable[WorkloadStatus]) -> bytes:
+    entries = [to_json(s) for s in sorted(statuses, key=lambda s: s.workload)]
+    return json.dumps(entries, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+def decode(data: bytes) -> dict[str, WorkloadStatus]:
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StatusFileError(f"not valid JSON: {exc}") from None
+    if raw is None:  # the reference writes "null" when it had no statuses
+        return {}
+    if not isinstance(raw, list):
+        raise StatusFileError("expected a JSON array of statuses")
+    out: dict[str, WorkloadStatus] = {}
+    for entry in raw:
+        status = from_json(entry)
+        if status is not None:
+            out[status.workload] = status
+    return out
+
+
+class StatusStore:
+    """statuses.json in ``status_dir``."""
+
+    def __init__(self, status_dir: Path) -> None:
+        self.status_dir = status_dir
+        self.path = status_dir / FILENAME
+
+    def read(self) -> dict[str, WorkloadStatus]:
+        """Saved statuses; {} when there is no file. Raises StatusFileError when unreadable."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StatusFileError(f"{self.path}: {exc.strerror or exc}") from None
+        try:
+            return decode(data)
+        except StatusFileError as exc:
+            raise StatusFileError(f"{self.path}: {exc}") from None
+
+    def quarantine(self) -> Path:
+        """Move an unusable statuses.json aside, keeping it for a human to look at."""
+        aside = self.path.with_name(f"{FILENAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        self.path.rename(aside)
+        return aside
+
+    def write(self, statuses: Iterable[WorkloadStatus]) -> None:
+        self.write_bytes(encode(statuses))
+
+    def write_bytes(self, data: bytes) -> None:
+        self.status_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, data)
