@@ -22,6 +22,7 @@ _NS_PER_UNIT = {
     "m": 60_000_000_000,
     "h": 3_600_000_000_000,
 }
+_MAX_NS = (1 << 63) - 1  # Go's Duration is an int64 of nanoseconds
 _TERM = re.compile(r"(\d*)(?:\.(\d*))?([a-zµμ]+)")
 _BARE_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?|[-+]?\.\d+")
 
@@ -42,7 +43,7 @@ def parse_ns(text: str) -> int:
         raise DurationError(f"invalid duration {original!r}: empty")
     if _BARE_NUMBER.fullmatch(text):
         raise DurationError(
-            f"invalid duration {original!r}: missing unit (did you mean '{text}s'? "
+            f"invalid duration {original!r}: missing unit (did you mean '{original.strip()}s'? "
             "units: ns, us, ms, s, m, h)"
         )
     total = 0
@@ -64,6 +65,8 @@ def parse_ns(text: str) -> int:
             value += int(frac) * scale // 10 ** len(frac)
         total += value
         pos = m.end()
+    if total > _MAX_NS + (sign < 0):
+        raise DurationError(f"invalid duration {original!r}: out of range (more than ~292 years)")
     return sign * total
 
 

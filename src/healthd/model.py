@@ -78,6 +78,7 @@ class WorkloadStatus:
     address_source: str = ""
     restart_failures: int = 0
     last_restart_error: str = ""
+    last_restart_attempt: datetime | None = None  # successful or not: paces restart_delay
     last_check_duration: float | None = None
 
 

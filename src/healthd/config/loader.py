@@ -100,9 +100,10 @@ def load_file(path: Path) -> tuple[WorkloadConfig | None, list[Problem]]:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         return None, [Problem(file, 0, "", f"cannot read: {exc.strerror or exc}")]
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None, [Problem(file, 0, "", "not a regular file")]
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None, [Problem(file, 0, "", "not a regular file")]
         try:
             data = fh.read(MAX_FILE_BYTES + 1)
         except OSError as exc:

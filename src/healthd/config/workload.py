@@ -104,18 +104,26 @@ def _as_str(node: yaml.Node) -> str:
 
 def _as_int(node: yaml.Node) -> int:
     scalar = _scalar(node)
-    if scalar.tag != "tag:yaml.org,2002:int":
+    # ":" excludes YAML 1.1's base-60 integers (`port: 53:53` would be 3233), which the
+    # reference's YAML 1.2 library rejects.
+    if scalar.tag != "tag:yaml.org,2002:int" or ":" in scalar.value:
         raise FieldProblem(f"expected an integer, got {scalar.value!r}")
     value = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), scalar)
     assert isinstance(value, int)
     return value
 
 
+_TRUE = frozenset({"true", "yes", "on", "y"})
+_FALSE = frozenset({"false", "no", "off", "n"})
+
+
 def _as_bool(node: yaml.Node) -> bool:
+    # The words the reference's decoder takes for a bool field (YAML 1.1's, y/n included).
     scalar = _scalar(node)
-    if scalar.tag != "tag:yaml.org,2002:bool":
-        raise FieldProblem(f"expected true or false, got {scalar.value!r}")
-    return scalar.value.lower() in ("true", "yes", "on", "y")
+    word = scalar.value.lower() if not scalar.style else ""  # plain, not quoted
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise FieldProblem(f"expected true or false, got {scalar.value!r}")
 
 
 def _as_duration(node: yaml.Node) -> float:

@@ -51,6 +51,8 @@ class WorkloadPolicy:
         self.verdict: bool | None = _verdict_of(status)
         self.restart_in_flight = False
         self._last_attempt: float | None = self._restore_last_attempt()
+        # An exhausted budget announced before a daemon restart is not announced again.
+        self._exhausted_announced = status.state is State.GAVE_UP
         status.state = State.STARTING
         status.healthy = False
 
@@ -75,6 +77,7 @@ class WorkloadPolicy:
                     self._event(EventType.HEALTHY, "health check recovered", previous)
                 )
             self.verdict = True
+            self._exhausted_announced = False
             return decision
 
         s.total_fails += 1
@@ -162,9 +165,10 @@ class WorkloadPolicy:
         if self.restart_in_flight:
             return
         if self.budget_left() == 0:
-            if s.state is not State.GAVE_UP:
-                previous: State = s.state
-                s.state = State.GAVE_UP
+            previous: State = s.state
+            s.state = State.GAVE_UP
+            if not self._exhausted_announced:
+                self._exhausted_announced = True
                 decision.events.append(
                     self._event(
                         EventType.RESTART_EXHAUSTED,
@@ -182,6 +186,7 @@ class WorkloadPolicy:
         s.state = State.RESTARTING
         self.restart_in_flight = True
         self._last_attempt = self.clock.monotonic()
+        s.last_restart_attempt = self.clock.now()
         decision.restart = True
         decision.events.append(
             self._event(
@@ -202,9 +207,10 @@ class WorkloadPolicy:
 
     def _restore_last_attempt(self) -> float | None:
         """Carry the restart delay across a daemon restart, immune to wall-clock jumps."""
-        last = self.status.last_restart
-        if last is None:
+        times = [t for t in (self.status.last_restart, self.status.last_restart_attempt) if t]
+        if not times:
             return None
+        last = max(times)
         elapsed = (self.clock.now() - last).total_seconds()
         elapsed = min(max(elapsed, 0.0), self.settings.restart_delay)
         return self.clock.monotonic() - elapsed

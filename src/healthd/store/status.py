@@ -29,7 +29,7 @@ _INT_FIELDS = (
     "restart_count",
     "restart_failures",
 )
-_TIME_FIELDS = ("last_check", "last_healthy", "last_restart")
+_TIME_FIELDS = ("last_check", "last_healthy", "last_restart", "last_restart_attempt")
 
 
 def format_time(value: datetime | None) -> str:
@@ -68,6 +68,8 @@ def to_json(s: WorkloadStatus) -> dict[str, Any]:
     out["restart_failures"] = s.restart_failures
     if s.last_restart_error:
         out["last_restart_error"] = s.last_restart_error
+    if s.last_restart_attempt is not None:
+        out["last_restart_attempt"] = format_time(s.last_restart_attempt)
     if s.last_check_duration is not None:
         out["last_check_duration_seconds"] = round(s.last_check_duration, 6)
     return out
@@ -144,7 +146,8 @@ class StatusStore:
 
     def quarantine(self) -> Path:
         """Move an unusable statuses.json aside, keeping it for a human to look at."""
-        aside = self.path.with_name(f"{FILENAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 1_000_000_000:09d}"
+        aside = self.path.with_name(f"{FILENAME}.corrupt-{stamp}")
         self.path.rename(aside)
         return aside
 
