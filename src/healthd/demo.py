@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -165,6 +166,8 @@ async def _run(work: Path, duration: float, out: TextIO, log_file: TextIO) -> bo
         file=out,
     )
     task = asyncio.create_task(daemon.run())
+    # A closed terminal (SIGHUP) must still stop the services the demo started.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, daemon.request_stop)
     with daemon.capture_signals():
         deadline = time.monotonic() + duration
         while time.monotonic() < deadline and not task.done():

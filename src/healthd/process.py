@@ -125,20 +125,24 @@ async def run_process(
     try:
         try:
             async with asyncio.timeout(timeout):
-                await proto.exited
+                # shield: the timeout cancels this wait, never the future the watcher completes
+                await asyncio.shield(proto.exited)
         except TimeoutError:
             timed_out = True
             _kill_group(pid)
             await proto.exited  # SIGKILL cannot be ignored: this is immediate
         if kill_leftovers and not timed_out:
             _kill_group(pid)
-        try:
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_EOF_GRACE):
-                await proto.eof
-        except TimeoutError:
-            pass
+                await asyncio.shield(proto.eof)
     except BaseException:
-        _kill_group(pid)  # cancelled (daemon stopping): leave nothing behind
+        # Cancelled (deadline of the caller, daemon stopping): leave nothing behind, and see
+        # the child reaped before the transport closes so the child watcher is not raced.
+        _kill_group(pid)
+        with contextlib.suppress(BaseException):
+            async with asyncio.timeout(1):
+                await asyncio.shield(proto.exited)
         raise
     finally:
         transport.close()

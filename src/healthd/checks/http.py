@@ -40,7 +40,8 @@ class _Exchange(asyncio.Protocol):
         self.done: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self.transport: asyncio.Transport | None = None
         self.status = 0
-        self.seen = 0
+        self.header_bytes = 0  # complete headers, counted by on_header
+        self.raw_header_bytes = 0  # bytes read before the status line and headers completed
         self.body = bytearray()
 
     # asyncio.Protocol
@@ -52,15 +53,17 @@ class _Exchange(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.done.done():
             return
-        if not self.status:
-            self.seen += len(data)
-            if self.seen > MAX_HEADER_BYTES:
-                self._fail(f"response headers larger than {MAX_HEADER_BYTES // 1024} KiB")
-                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(f"malformed HTTP response: {exc}")
+            return
+        if not self.status:
+            # No status yet, so everything read so far is header: this catches a header line
+            # that never ends, which on_header (called per complete header) cannot see.
+            self.raw_header_bytes += len(data)
+            if self.raw_header_bytes > MAX_HEADER_BYTES:
+                self._fail(f"response headers larger than {MAX_HEADER_BYTES // 1024} KiB")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.done.done():
@@ -73,6 +76,11 @@ class _Exchange(asyncio.Protocol):
             self._fail("connection closed before a response")
 
     # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._fail(f"response headers larger than {MAX_HEADER_BYTES // 1024} KiB")
+
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
 
