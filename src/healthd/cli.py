@@ -11,7 +11,7 @@ import asyncio
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,9 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.config_dir = default_config_dir()
     if hasattr(args, "status_dir") and args.status_dir is None:
         args.status_dir = default_status_dir()
-    handler = globals()[f"cmd_{args.command}"]
+    handler = COMMANDS[args.command]
     try:
-        code: int = handler(args)
+        code = handler(args)
     except HealthdError as exc:
         print(f"healthd: {exc}", file=sys.stderr)
         return USAGE
@@ -335,6 +335,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.duration)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "validate": cmd_validate,
+    "add": cmd_add,
+    "rm": cmd_rm,
+    "ls": cmd_ls,
+    "status": cmd_status,
+    "check": cmd_check,
+    "demo": cmd_demo,
+}
 
 
 # -- output helpers -------------------------------------------------------------------------

@@ -61,10 +61,9 @@ class Story:
         return next((t for t, e in self.events if e.type is kind and e.workload == workload), None)
 
     def complete(self) -> bool:
-        unhealthy = self.seen(EventType.UNHEALTHY)
-        restart = self.seen(EventType.RESTART)
-        healthy = self.seen(EventType.HEALTHY)
-        return None not in (unhealthy, restart, healthy) and unhealthy <= restart <= healthy  # type: ignore[operator]
+        times = [self.seen(k) for k in (EventType.UNHEALTHY, EventType.RESTART, EventType.HEALTHY)]
+        seen = [t for t in times if t is not None]
+        return len(seen) == len(times) and seen == sorted(seen)
 
 
 class LiveView:

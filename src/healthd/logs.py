@@ -36,8 +36,3 @@ def make_logger(
         ],
     )
     return logger
-
-
-def null_logger() -> Logger:
-    """A logger that drops everything (level above CRITICAL)."""
-    return make_logger(fmt="logfmt", level=logging.CRITICAL + 10)
