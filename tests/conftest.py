@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from collections.abc import Callable
 
 import pytest
+import uvloop
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on uvloop, the loop the daemon runs on."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def require_binary(name: str) -> str:

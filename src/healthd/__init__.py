@@ -1,8 +1,5 @@
 """healthd: continuous health monitoring for container workloads."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("healthd")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+# The single source of the version (pyproject reads it): importlib.metadata would cost the
+# daemon several megabytes of resident memory just to learn its own version.
+__version__ = "0.1.0"

@@ -7,7 +7,6 @@ workload); 2 usage or configuration error where the command could not do its job
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shlex
 import sys
@@ -22,11 +21,11 @@ from healthd.config import editor
 from healthd.config.daemon import DaemonSettings, default_config_dir, default_status_dir
 from healthd.config.loader import load_dir
 from healthd.config.workload import WorkloadConfig
-from healthd.demo import run_demo
 from healthd.engine.daemon import Daemon
 from healthd.errors import ConfigError, DurationError, HealthdError, StatusFileError
 from healthd.events import EventBus, LogSink
 from healthd.logs import make_logger
+from healthd.loop import run_loop
 from healthd.model import State, WorkloadStatus
 from healthd.resolve import Address, MachinectlResolver
 from healthd.store.status import StatusStore, to_json
@@ -163,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with daemon.capture_signals():
             await daemon.run()
 
-    asyncio.run(serve())
+    run_loop(serve())
     return OK
 
 
@@ -321,7 +320,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
         return address, await run_check(cfg, address.host if address else "")
 
-    address, result = asyncio.run(once())
+    address, result = run_loop(once())
     target = KINDS[cfg.type].describe(cfg, address.host if address else "")
     took = f"{result.duration * 1000:.1f} ms"
     if address is not None and address.is_fallback:
@@ -334,6 +333,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from healthd.demo import run_demo  # noqa: PLC0415  (the daemon never loads the demo)
+
     return run_demo(args.duration)
 
 

@@ -28,6 +28,7 @@ from healthd.config.workload import WorkloadConfig
 from healthd.engine.daemon import Daemon
 from healthd.events import EventBus, LogSink
 from healthd.logs import make_logger
+from healthd.loop import run_loop
 from healthd.model import Event, EventType, State
 
 CRASH_AFTER = 6.0
@@ -183,7 +184,7 @@ def run_demo(duration: float = 30.0, out: TextIO | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="healthd-demo-"))
     try:
         with open(work / "daemon.log", "w") as log_file:
-            ok = asyncio.run(_run(work, duration, out, log_file))
+            ok = run_loop(_run(work, duration, out, log_file))
     finally:
         for pidfile in work.glob("*.pid"):
             demo_services.stop(pidfile)

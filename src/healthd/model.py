@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
 class State(StrEnum):
@@ -32,9 +32,12 @@ class EventType(StrEnum):
     RESTART_EXHAUSTED = "restart_exhausted"
 
 
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One check's outcome. ``error`` is empty when ``ok``; ``duration`` is in seconds."""
+class CheckResult(NamedTuple):
+    """One check's outcome. ``error`` is empty when ``ok``; ``duration`` is in seconds.
+
+    A named tuple rather than a dataclass: one is made per check, and a tuple is the cheapest
+    immutable record to make.
+    """
 
     ok: bool
     duration: float

@@ -1,9 +1,11 @@
 """Run a command with a hard deadline, in its own process group, with capped output.
 
-Shared by exec checks, restart commands and the machinectl lookup. The child leads a new
-process group so the deadline can kill its whole tree (a grandchild that ignores SIGTERM and
-holds stdout open included); output is read continuously so a chatty child never blocks on a
-full pipe, but only the first ``output_cap`` bytes are kept.
+Shared by exec checks, restart commands and the machinectl lookup. The child is started with
+``posix_spawn`` (a vfork on Linux: no copy of the daemon's memory, no thread), leads a new
+session so the deadline can kill its whole tree (a grandchild that ignores SIGTERM and holds
+stdout open included), and is reaped through a pidfd watched by the event loop, so thousands of
+children a second cost no child-watcher threads. Output is read continuously so a chatty child
+never blocks on a full pipe, but only the first ``output_cap`` bytes are kept.
 """
 
 from __future__ import annotations
@@ -11,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 # After the child exits, how long to wait for its pipe to reach EOF. Well-behaved commands close
 # it with their exit; a detached grandchild that keeps it open must not stall us.
-_EOF_GRACE = 0.2
+EOF_GRACE = 0.2
+_READ_CHUNK = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,40 +58,215 @@ class ProcessOutcome:
         return f"{why}: {out}" if out else why
 
 
-class _Collector(asyncio.SubprocessProtocol):
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.chunks: list[bytes] = []
-        self.kept = 0
-        self.dropped = 0
-        loop = asyncio.get_running_loop()
-        self.exited: asyncio.Future[None] = loop.create_future()
-        self.eof: asyncio.Future[None] = loop.create_future()
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        room = self.cap - self.kept
-        if room > 0:
-            self.chunks.append(data[:room])
-            self.kept += min(room, len(data))
-        self.dropped += max(0, len(data) - max(room, 0))
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        if not self.eof.done():
-            self.eof.set_result(None)
-
-    def process_exited(self) -> None:
-        if not self.exited.done():
-            self.exited.set_result(None)
-
-    def text(self) -> str:
-        out = b"".join(self.chunks).decode("utf-8", "replace")
-        return out + "..." if self.dropped else out
-
-
-def _kill_group(pid: int) -> None:
+def kill_group(pgid: int) -> None:
     # already gone, or (PermissionError) a reused pgid that is no longer ours
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pgid, signal.SIGKILL)
+
+
+_program_paths: dict[str, str | None] = {}
+
+
+def _program_path(name: str) -> str | None:
+    """``name`` looked up on PATH like execvp does, remembered: checks spawn the same few."""
+    if "/" in name:
+        return name
+    if name not in _program_paths:
+        _program_paths[name] = shutil.which(name)
+    return _program_paths[name]
+
+
+_SPAWN_THREADS = 2
+_spawn_pool: ThreadPoolExecutor | None = None
+
+
+def _spawner() -> ThreadPoolExecutor:
+    """Threads that spawn: posix_spawn waits (GIL released) until the child has exec'd, a
+    fraction of a millisecond the event loop would otherwise spend blocked on every spawn."""
+    global _spawn_pool
+    if _spawn_pool is None:
+        _spawn_pool = ThreadPoolExecutor(_SPAWN_THREADS, thread_name_prefix="healthd-spawn")
+    return _spawn_pool
+
+
+def _spawn(path: str, argv: list[str], env: Mapping[str, str], output: int) -> tuple[int, int]:
+    """(pid, pidfd) of ``argv`` started in a new session with ``output`` as stdout and stderr."""
+    try:
+        pid = os.posix_spawn(
+            path,
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, output, 1),
+                (os.POSIX_SPAWN_DUP2, output, 2),
+            ],
+            setsid=True,
+        )
+    finally:
+        os.close(output)
+    return pid, os.pidfd_open(pid)
+
+
+class Child:
+    """One spawned command, driven by event-loop callbacks; ``done`` gets its outcome once.
+
+    The deadline is the caller's business (``kill``), so a check can report at its own
+    deadline; the child still reaps itself and closes its descriptors afterwards.
+    """
+
+    __slots__ = (
+        "_argv0",
+        "_cap",
+        "_chunks",
+        "_done",
+        "_dropped",
+        "_eof",
+        "_grace",
+        "_kept",
+        "_kill_leftovers",
+        "_loop",
+        "_pidfd",
+        "_pipe",
+        "_returncode",
+        "_started",
+        "_timed_out",
+        "pid",
+    )
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        done: Callable[[ProcessOutcome], None],
+        *,
+        output_cap: int = 4096,
+        kill_leftovers: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """Spawn ``argv``; on failure ``done`` is called before this returns."""
+        self._loop = asyncio.get_running_loop()
+        self._done: Callable[[ProcessOutcome], None] | None = done
+        self._cap = output_cap
+        self._kill_leftovers = kill_leftovers
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self._dropped = 0
+        self._eof = False
+        self._returncode: int | None = None
+        self._timed_out = False
+        self._grace: asyncio.TimerHandle | None = None
+        self._pipe = -1
+        self._pidfd = -1
+        self.pid = 0
+        self._argv0 = argv[0]
+        self._started = time.monotonic()
+        path = _program_path(argv[0])
+        if path is None:
+            self._spawn_failed(f"{argv[0]}: No such file or directory")
+            return
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(read_end, False)  # our end only: the child's stdout stays blocking
+        self._pipe = read_end
+        self._loop.add_reader(read_end, self._on_output)
+        env = os.environ if env is None else env
+        spawning = self._loop.run_in_executor(_spawner(), _spawn, path, list(argv), env, write_end)
+        spawning.add_done_callback(self._spawned)
+
+    def _spawned(self, spawning: asyncio.Future[tuple[int, int]]) -> None:
+        try:
+            self.pid, self._pidfd = spawning.result()
+        except OSError as exc:
+            self._close_pipe()
+            self._spawn_failed(f"{self._argv0}: {exc.strerror or exc}")
+            return
+        if self._timed_out or self._done is None:  # killed or detached while it was spawning
+            kill_group(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+
+    def kill(self) -> None:
+        """Deadline: kill the whole group; ``done`` follows with ``timed_out``."""
+        if self._returncode is None:
+            self._timed_out = True
+            if self.pid:
+                kill_group(self.pid)
+
+    def detach(self) -> None:
+        """The caller no longer wants the outcome (cancelled): kill, reap, report nothing."""
+        self._done = None
+        if self.pid and self._returncode is None:
+            kill_group(self.pid)  # not spawned yet: _spawned kills it
+
+    # -- loop callbacks -------------------------------------------------------------------
+
+    def _on_output(self) -> None:
+        while True:
+            try:
+                data = os.read(self._pipe, _READ_CHUNK)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._close_pipe()
+                self._eof = True
+                if self._returncode is not None:
+                    self._report()
+                return
+            room = self._cap - self._kept
+            if room > 0:
+                self._chunks.append(data[:room])
+                self._kept += min(room, len(data))
+            self._dropped += max(0, len(data) - max(room, 0))
+
+    def _on_exit(self) -> None:
+        # pidfd_open cannot fail for our own unreaped child, short of running out of fds,
+        # which _spawn reports as a spawn error after the fact (the child is then killed).
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        try:
+            _, status = os.waitpid(self.pid, 0)  # it has exited: this does not block
+        except ChildProcessError:  # reaped behind our back; the outcome is unknown
+            status = -1
+        self._exited(status)
+
+    def _exited(self, status: int) -> None:
+        if status == -1:
+            code = -signal.SIGKILL if self._timed_out else 255
+        else:
+            code = os.waitstatus_to_exitcode(status)
+        self._returncode = code
+        if self._kill_leftovers or self._timed_out:
+            kill_group(self.pid)
+        if self._eof:
+            self._report()
+        else:
+            self._grace = self._loop.call_later(EOF_GRACE, self._report)
+
+    def _report(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        self._close_pipe()
+        done, self._done = self._done, None
+        if done is None:
+            return
+        out = b"".join(self._chunks).decode("utf-8", "replace")
+        if self._dropped:
+            out += "..."
+        code = None if self._timed_out else self._returncode
+        done(ProcessOutcome(code, out, time.monotonic() - self._started, self._timed_out))
+
+    def _close_pipe(self) -> None:
+        if self._pipe >= 0:
+            self._loop.remove_reader(self._pipe)
+            os.close(self._pipe)
+            self._pipe = -1
+
+    def _spawn_failed(self, reason: str) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done(ProcessOutcome(None, "", time.monotonic() - self._started, spawn_error=reason))
 
 
 async def run_process(
@@ -96,7 +275,7 @@ async def run_process(
     *,
     output_cap: int = 4096,
     kill_leftovers: bool = True,
-    env: dict[str, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> ProcessOutcome:
     """Run ``argv`` (no shell) for at most ``timeout`` seconds.
 
@@ -104,47 +283,18 @@ async def run_process(
     group (right for checks; wrong for restart commands whose job is to start something).
     """
     loop = asyncio.get_running_loop()
-    started = time.monotonic()
+    finished: asyncio.Future[ProcessOutcome] = loop.create_future()
+
+    def deliver(outcome: ProcessOutcome) -> None:
+        if not finished.done():
+            finished.set_result(outcome)
+
+    child = Child(argv, deliver, output_cap=output_cap, kill_leftovers=kill_leftovers, env=env)
+    deadline = loop.call_later(timeout, child.kill)
     try:
-        transport, proto = await loop.subprocess_exec(
-            lambda: _Collector(output_cap),
-            *argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        return ProcessOutcome(
-            None, "", time.monotonic() - started, spawn_error=f"{argv[0]}: {reason}"
-        )
-    pid = transport.get_pid()
-    timed_out = False
-    try:
-        try:
-            async with asyncio.timeout(timeout):
-                # shield: the timeout cancels this wait, never the future the watcher completes
-                await asyncio.shield(proto.exited)
-        except TimeoutError:
-            timed_out = True
-            _kill_group(pid)
-            await proto.exited  # SIGKILL cannot be ignored: this is immediate
-        if kill_leftovers and not timed_out:
-            _kill_group(pid)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_EOF_GRACE):
-                await asyncio.shield(proto.eof)
+        return await finished
     except BaseException:
-        # Cancelled (deadline of the caller, daemon stopping): leave nothing behind, and see
-        # the child reaped before the transport closes so the child watcher is not raced.
-        _kill_group(pid)
-        with contextlib.suppress(BaseException):
-            async with asyncio.timeout(1):
-                await asyncio.shield(proto.exited)
+        child.detach()  # cancelled (caller's deadline, daemon stopping): leave nothing behind
         raise
     finally:
-        transport.close()
-    code = None if timed_out else transport.get_returncode()
-    return ProcessOutcome(code, proto.text(), time.monotonic() - started, timed_out=timed_out)
+        deadline.cancel()

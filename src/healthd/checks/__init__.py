@@ -1,20 +1,20 @@
 """The one registry of check kinds. Config validation and the scheduler both read ``KINDS``.
 
 Every kind offers the same small surface (``CheckKind``): its defaults, its validation, and
-``run``, which returns a ``CheckResult`` and never raises for an unhealthy target. The
-deadline is enforced once, here in ``run_check``; a kind only has to clean up when cancelled.
+``probe``, which makes the long-lived ``Probe`` the scheduler starts at every check (see
+``probe.py``: one deadline per start, one ``CheckResult`` through a callback, never an
+exception for an unhealthy target). ``run_check`` wraps one probe run for one-off callers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
-from healthd import durations
 from healthd.checks.exec import ExecCheck
 from healthd.checks.http import HttpCheck
+from healthd.checks.probe import Probe
 from healthd.checks.tcp import TcpCheck
 from healthd.model import CheckResult
 
@@ -40,8 +40,8 @@ class CheckKind(Protocol):
         """What is checked, for people: a URL, host:port or the command."""
         ...
 
-    async def run(self, cfg: WorkloadConfig, address: str) -> CheckResult:
-        """Check once. May be cancelled at the deadline and must then leave nothing behind."""
+    def probe(self, cfg: WorkloadConfig) -> Probe:
+        """A probe for ``cfg`` (defaults filled in), reused for all of its checks."""
         ...
 
 
@@ -49,13 +49,11 @@ KINDS: dict[str, CheckKind] = {kind.name: kind for kind in (HttpCheck(), TcpChec
 
 
 async def run_check(cfg: WorkloadConfig, address: str) -> CheckResult:
-    """Run ``cfg``'s check with its hard deadline (``cfg.timeout``)."""
-    kind = KINDS[cfg.type]
-    started = time.monotonic()
+    """Run ``cfg``'s check once, with its deadline (``cfg.timeout``)."""
+    probe = KINDS[cfg.type].probe(cfg)
+    result: asyncio.Future[CheckResult] = asyncio.get_running_loop().create_future()
     try:
-        async with asyncio.timeout(cfg.timeout):
-            return await kind.run(cfg, address)
-    except TimeoutError:
-        limit = durations.format_seconds(cfg.timeout)
-        error = f"timed out after {limit}: {kind.describe(cfg, address)}"
-        return CheckResult(False, time.monotonic() - started, error)
+        probe.start(address, result.set_result)
+        return await result
+    finally:
+        probe.close()  # cancelled: abandons the check in flight, leaving nothing behind

@@ -6,17 +6,43 @@ is killed, so a check leaves nothing running. Output is kept up to 4 KiB for the
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from healthd.model import CheckResult
-from healthd.process import run_process
+from healthd.checks.probe import Probe
+from healthd.process import Child, ProcessOutcome
 
 if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
 
 OUTPUT_CAP = 4096
+
+
+class ExecProbe(Probe):
+    def __init__(self, cfg: WorkloadConfig) -> None:
+        super().__init__(cfg)
+        self._argv = ("sh", "-c", cfg.target)
+        self._child: Child | None = None
+
+    def describe(self) -> str:
+        return f"sh -c {self.cfg.target!r}"
+
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._child = Child(self._argv, self._exited, output_cap=OUTPUT_CAP)
+
+    def _exited(self, outcome: ProcessOutcome) -> None:
+        self._child = None
+        if outcome.ok:
+            self._finish(True)
+        else:
+            self._finish(False, f"exec check failed: {outcome.describe()}")
+
+    def _abort(self) -> None:
+        # Reported as a timeout by the probe; the child kills its group and reaps itself.
+        child, self._child = self._child, None
+        if child is not None:
+            child.detach()
 
 
 class ExecCheck:
@@ -33,14 +59,5 @@ class ExecCheck:
     def describe(self, cfg: WorkloadConfig, address: str) -> str:
         return f"sh -c {cfg.target!r}"
 
-    async def run(self, cfg: WorkloadConfig, address: str) -> CheckResult:
-        started = time.monotonic()
-        # The process runner's own deadline is a backstop: run_check cancels us at cfg.timeout
-        # and the runner kills the group on cancellation.
-        outcome = await run_process(
-            ["sh", "-c", cfg.target], cfg.timeout + 1, output_cap=OUTPUT_CAP
-        )
-        duration = time.monotonic() - started
-        if outcome.ok:
-            return CheckResult(True, duration)
-        return CheckResult(False, duration, f"exec check failed: {outcome.describe()}")
+    def probe(self, cfg: WorkloadConfig) -> ExecProbe:
+        return ExecProbe(cfg)

@@ -29,5 +29,7 @@ class DaemonSettings:
     resolve_timeout: float = 2.0  # deadline of one machinectl lookup
     address_ttl: float = 60.0  # re-resolve at least this often (and after failures, restarts)
     first_check_within: float = 1.0  # first checks are spread over this window after start
-    status_flush_interval: float = 2.0  # statuses.json rewritten this often while checks run
+    status_flush_interval: float = 5.0  # statuses.json rewritten this often while checks run
     stop_grace: float = 10.0  # in-flight checks and restarts may finish within this at stop
+    exec_in_flight: int = 64  # exec checks running at once; more wait their turn (lag)
+    lag_warning: float = 1.0  # warn when the p99 of how late checks start exceeds this

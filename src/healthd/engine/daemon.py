@@ -1,32 +1,42 @@
-"""The daemon: load configs and saved status, run one loop per workload, save, stop cleanly.
+"""The daemon: load configs and saved status, schedule every workload, save, stop cleanly.
 
-Stopping: the first request stops scheduling, cancels idle loops and lets checks and restarts
-in flight finish within ``stop_grace``; a second request (or the grace running out) cancels
-them. Status is then saved one last time.
+Stopping: the first request stops scheduling and lets checks and restarts in flight finish
+within ``stop_grace``; a second request (or the grace running out) cancels them. Status is then
+saved one last time.
+
+Saving: statuses.json is rewritten on every state change (coalesced) and every flush interval
+while anything changed, re-encoding only the entries that changed; daemon.json beside it
+says how the scheduler keeps up (lag histogram, checks run, whether it is behind).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import json
+import os
 import random
+import resource
 import signal
+import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from healthd.actions import Actuator, CommandActuator
 from healthd.config.daemon import DaemonSettings
 from healthd.config.loader import LoadResult, load_dir
 from healthd.config.workload import WorkloadConfig
 from healthd.engine.policy import PolicySettings, WorkloadPolicy
-from healthd.engine.scheduler import WorkloadRunner
+from healthd.engine.scheduler import Scheduler, WorkloadRunner
 from healthd.errors import StatusFileError
 from healthd.events import EventBus
 from healthd.logs import Logger
 from healthd.model import Clock, State, SystemClock, WorkloadStatus
 from healthd.resolve import MachinectlResolver, Resolver
-from healthd.store.status import StatusStore, encode
+from healthd.store.atomic import write_atomic
+from healthd.store.status import StatusEncoder, StatusStore, format_time
 
 
 class Daemon:
@@ -53,13 +63,28 @@ class Daemon:
         self.store = StatusStore(settings.status_dir)
         self.statuses: dict[str, WorkloadStatus] = {}
         self.configs: dict[str, WorkloadConfig] = {}
-        self.runners: dict[str, WorkloadRunner] = {}
+        self.scheduler = Scheduler(
+            log=log,
+            exec_limit=settings.exec_in_flight,
+            lag_warning=settings.lag_warning,
+            rng=self.rng,
+        )
         self.loaded = LoadResult()
-        self.started = asyncio.Event()  # set once every loop is scheduled
+        self.started = asyncio.Event()  # set once every workload is scheduled
+        self.started_at = datetime.now(UTC)
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._save_now = asyncio.Event()
-        self._dirty = False
+        self._changed_names: set[str] = set()
+        self._encoder = StatusEncoder()
+        self._encoded_all = False
+        self._write_lock = threading.Lock()
+        self._snapshots = 0  # numbers snapshots, so an older one never overwrites a newer one
+        self._written = 0
+
+    @property
+    def runners(self) -> dict[str, WorkloadRunner]:
+        return self.scheduler.runners
 
     # -- control --------------------------------------------------------------------------
 
@@ -92,12 +117,12 @@ class Daemon:
     # -- run ------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        raise_open_file_limit()
         self.load()
-        tasks: dict[str, asyncio.Task[None]] = {}
-        window = self.settings.first_check_within
-        for name, runner in self.runners.items():
-            delay = self.rng.uniform(0, min(window, runner.cfg.interval))
-            tasks[name] = asyncio.create_task(runner.run(delay), name=f"check:{name}")
+        # What load built lives as long as the daemon: keep the collector from walking it again
+        # and again (at thousands of workloads a full collection takes milliseconds).
+        gc.freeze()
+        self.scheduler.start(self.settings.first_check_within)
         writer = asyncio.create_task(self._write_statuses(), name="status-writer")
         self._save_sync()
         self.log.info(
@@ -111,13 +136,15 @@ class Daemon:
         self.started.set()
         try:
             await self._stop.wait()
-            self.log.info("daemon_stopping", in_flight=sum(r.busy for r in self.runners.values()))
-            await self._drain(tasks)
+            self.log.info("daemon_stopping", in_flight=self.scheduler.busy)
+            await self._drain()
         finally:
+            self.scheduler.stop()
+            self.scheduler.abandon()
             writer.cancel()
-            for task in tasks.values():
-                task.cancel()
-            await asyncio.gather(writer, *tasks.values(), return_exceptions=True)
+            await asyncio.gather(writer, return_exceptions=True)
+            for runner in self.runners.values():
+                runner.probe.close()
             self._save_sync()
             self.log.info("daemon_stopped")
 
@@ -158,16 +185,18 @@ class Daemon:
                 status,
                 self.clock,
             )
-            self.runners[name] = WorkloadRunner(
-                effective,
-                policy,
-                resolver=self.resolver,
-                actuator=self.actuator,
-                bus=self.bus,
-                clock=self.clock,
-                log=self.log,
-                address_ttl=self.settings.address_ttl,
-                on_change=self._changed,
+            self.scheduler.add(
+                WorkloadRunner(
+                    effective,
+                    policy,
+                    resolver=self.resolver,
+                    actuator=self.actuator,
+                    bus=self.bus,
+                    clock=self.clock,
+                    log=self.log,
+                    address_ttl=self.settings.address_ttl,
+                    on_change=self._changed,
+                )
             )
         # Keep the saved status (and restart budget) of a workload whose file is broken now.
         broken = {Path(p.file).name.rsplit(".", 1)[0] for p in self.loaded.problems}
@@ -178,37 +207,28 @@ class Daemon:
                 status.healthy = False
                 self.statuses[name] = status
 
-    async def _drain(self, tasks: dict[str, asyncio.Task[None]]) -> None:
-        busy = []
-        for name, runner in self.runners.items():
-            runner.stopping = True
-            if runner.busy:
-                busy.append(tasks[name])
-            else:
-                tasks[name].cancel()
-        if not busy:
+    async def _drain(self) -> None:
+        self.scheduler.stop()
+        if not self.scheduler.busy:
             return
+        drained = asyncio.create_task(self.scheduler.drained())
         force = asyncio.create_task(self._force.wait())
-        pending: set[asyncio.Task[Any]] = set(busy)
         try:
-            async with asyncio.timeout(self.settings.stop_grace):
-                while pending and not force.done():
-                    _, still = await asyncio.wait(
-                        pending | {force}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    pending = {t for t in still if t is not force}
-        except TimeoutError:
-            pass
+            await asyncio.wait(
+                {drained, force},
+                timeout=self.settings.stop_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
+            drained.cancel()
             force.cancel()
-        unfinished = [t for t in busy if not t.done()]
-        if unfinished:
-            self.log.warning("stop_forced", cancelled=len(unfinished))
+        if self.scheduler.busy:
+            self.log.warning("stop_forced", cancelled=self.scheduler.abandon())
 
     # -- status persistence ---------------------------------------------------------------
 
-    def _changed(self, urgent: bool) -> None:
-        self._dirty = True
+    def _changed(self, workload: str, urgent: bool) -> None:
+        self._changed_names.add(workload)
         if urgent:
             self._save_now.set()
 
@@ -219,18 +239,59 @@ class Daemon:
                 async with asyncio.timeout(self.settings.status_flush_interval):
                     await self._save_now.wait()
             self._save_now.clear()
-            if not self._dirty:
+            self.scheduler.review()
+            if not self._changed_names and self._encoded_all:
                 continue
-            self._dirty = False
-            data = encode(self.statuses.values())  # snapshot on the loop: consistent
+            data = self._encode()  # snapshot on the loop: consistent
+            summary = self._daemon_summary()
             try:
-                await asyncio.to_thread(self.store.write_bytes, data)
+                await asyncio.to_thread(self._write_files, self._snapshots, data, summary)
             except OSError as exc:
-                self._dirty = True  # try again at the next tick
+                self._encoded_all = False  # what failed to save is saved at the next tick
                 self.log.error("status_save_failed", path=str(self.store.path), error=str(exc))
+
+    def _encode(self) -> bytes:
+        self._snapshots += 1
+        changed = self._changed_names if self._encoded_all else None
+        data = self._encoder.encode(self.statuses, changed)
+        self._changed_names = set()
+        self._encoded_all = True
+        return data
+
+    def _daemon_summary(self) -> bytes:
+        summary = {
+            "pid": os.getpid(),
+            "started_at": format_time(self.started_at),
+            "updated_at": format_time(datetime.now(UTC)),
+            "workloads": len(self.runners),
+            "checks_total": self.scheduler.checks_total,
+            "scheduler": self.scheduler.to_json(),
+        }
+        return json.dumps(summary, indent=1).encode() + b"\n"
+
+    def _write_files(self, snapshot: int, statuses: bytes, summary: bytes) -> None:
+        with self._write_lock:
+            if snapshot < self._written:
+                return  # a writer thread outlived its task; the final save is newer
+            self.store.write_bytes(statuses)
+            write_atomic(self.settings.status_dir / DAEMON_FILENAME, summary)
+            self._written = snapshot
 
     def _save_sync(self) -> None:
         try:
-            self.store.write(self.statuses.values())
+            data = self._encode()
+            self._write_files(self._snapshots, data, self._daemon_summary())
         except OSError as exc:
             self.log.error("status_save_failed", path=str(self.store.path), error=str(exc))
+
+
+DAEMON_FILENAME = "daemon.json"
+
+
+def raise_open_file_limit() -> None:
+    """Kept-alive connections take a descriptor per workload: allow as many as permitted."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))

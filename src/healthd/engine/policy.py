@@ -42,6 +42,10 @@ class Decision:
     restart: bool = False  # the daemon must restart the workload and report the outcome
 
 
+# Returned when a result changes nothing worth acting on (most results): shared, never mutated.
+_QUIET = Decision()
+
+
 class WorkloadPolicy:
     def __init__(self, settings: PolicySettings, status: WorkloadStatus, clock: Clock) -> None:
         self.settings = settings
@@ -59,12 +63,12 @@ class WorkloadPolicy:
     # -- inputs -------------------------------------------------------------------------
 
     def on_result(self, result: CheckResult) -> Decision:
+        """Count ``result`` and decide; the returned ``Decision`` must not be mutated."""
         s = self.status
         now = self.clock.now()
         s.total_checks += 1
         s.last_check = now
         s.last_check_duration = result.duration
-        decision = Decision()
         if result.ok:
             s.consecutive_fails = 0
             s.last_healthy = now
@@ -72,14 +76,17 @@ class WorkloadPolicy:
             s.healthy = True
             previous = s.state
             s.state = State.HEALTHY
-            if self.verdict is False:
-                decision.events.append(
-                    self._event(EventType.HEALTHY, "health check recovered", previous)
-                )
-            self.verdict = True
             self._exhausted_announced = False
-            return decision
+            if self.verdict is True:
+                return _QUIET
+            self.verdict, verdict = True, self.verdict
+            if verdict is False:
+                return Decision(
+                    [self._event(EventType.HEALTHY, "health check recovered", previous)]
+                )
+            return _QUIET
 
+        decision = Decision()
         s.total_fails += 1
         s.consecutive_fails += 1
         s.last_error = result.error

@@ -1,24 +1,219 @@
-"""One loop per workload: resolve, check with a deadline, feed the policy, act, sleep.
+"""When each workload is checked, and what a result leads to.
 
-Checks of one workload never overlap (the loop is sequential) and the next one is scheduled
-one interval after the previous one ended. Every workload has its own task, so a slow check or
-a restart of one never delays another.
+Every workload has a ``WorkloadRunner`` driven by event-loop timers and probe callbacks, not a
+task: due -> (wait for an exec slot) -> resolve the address -> probe -> policy -> events ->
+restart if asked -> due again one interval after the check (or restart) ended. Checks of one
+workload never overlap, and a slow check or a restart of one never delays another.
+
+The ``Scheduler`` owns what is shared: the cap on exec checks in flight (spawning thousands of
+shells at once would starve them all of CPU until they time out: a false alarm made by the
+monitor itself), the lag histogram (how late checks start), and stopping. When the host cannot
+keep up, checks start late and the schedule stretches; lag shows it and a warning says so,
+while each check still gets its whole timeout from the moment it really starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
+import random
+from collections import deque
 from collections.abc import Callable
 
 from healthd.actions import Actuator
-from healthd.checks import KINDS, run_check
+from healthd.checks import KINDS
 from healthd.config.workload import WorkloadConfig
+from healthd.engine.lag import LagHistogram, quantile
 from healthd.engine.policy import WorkloadPolicy
 from healthd.errors import RestartError
 from healthd.events import EventBus
 from healthd.logs import Logger
 from healthd.model import CheckResult, Clock, State
 from healthd.resolve import Address, Resolver
+
+# Due times are rounded down to this grain, so checks due together share one wake-up of the
+# loop: at thousands of checks a second, a timer and a wake-up per check cost more than the
+# check. Rounding down (a check may start up to one tick early) offsets the time a busy loop
+# takes to see a check end, which would otherwise stretch every interval a little.
+TICK = 0.01
+
+
+class TimerWheel:
+    """Callbacks run at the tick their due time falls in; one loop timer for the earliest tick.
+
+    Entries cannot be cancelled: their owners ignore a call they no longer want.
+    """
+
+    def __init__(self, tick: float = TICK) -> None:
+        self.tick = tick
+        self._slots: dict[int, list[Callable[[], None]]] = {}
+        self._ticks: list[int] = []  # heap of the keys of _slots
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_for: int | None = None
+        self._firing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> float:
+        """Run ``callback`` at loop time ``when`` (to the tick); returns the time it is due."""
+        tick = int(when // self.tick)
+        slot = self._slots.get(tick)
+        if slot is None:
+            self._slots[tick] = [callback]
+            heapq.heappush(self._ticks, tick)
+            if not self._firing and (self._armed_for is None or tick < self._armed_for):
+                self._arm(tick)
+        else:
+            slot.append(callback)
+        return tick * self.tick
+
+    def _arm(self, tick: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_for = tick
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_at(tick * self.tick, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed_for = None
+        assert self._loop is not None
+        now = int(self._loop.time() // self.tick)
+        ticks, slots = self._ticks, self._slots
+        self._firing = True  # callbacks schedule again; arm once, for the earliest, after them
+        try:
+            while ticks and ticks[0] <= now:
+                for callback in slots.pop(heapq.heappop(ticks)):
+                    callback()
+        finally:
+            self._firing = False
+            if ticks:
+                self._arm(ticks[0])
+
+
+class Gate:
+    """At most ``limit`` checks in flight; the others wait their turn in order."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.waiting: deque[WorkloadRunner] = deque()
+
+    def enter(self, runner: WorkloadRunner) -> bool:
+        """True: go now. False: queued; the gate starts it when a slot frees."""
+        if self.active < self.limit:
+            self.active += 1
+            return True
+        self.waiting.append(runner)
+        return False
+
+    def leave(self) -> None:
+        while self.waiting:
+            runner = self.waiting.popleft()
+            if runner.queued:  # not stopped while it waited
+                runner.begin()
+                return
+        self.active -= 1
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        log: Logger,
+        exec_limit: int,
+        lag_warning: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.log = log
+        self.runners: dict[str, WorkloadRunner] = {}
+        self.gates = {"exec": Gate(exec_limit)}
+        self.lag = LagHistogram()
+        self.lag_warning = lag_warning
+        self.behind = False
+        self.busy = 0
+        self.stopping = False
+        self.rng = rng or random.Random()
+        self.wheel = TimerWheel()
+        self._idle = asyncio.Event()
+        self._reviewed = self.lag.cumulative()
+
+    def add(self, runner: WorkloadRunner) -> None:
+        runner.scheduler = self
+        runner.wheel = self.wheel
+        runner.gate = self.gates.get(runner.cfg.type)
+        self.runners[runner.cfg.workload] = runner
+
+    def start(self, first_check_within: float) -> None:
+        """First checks at random points of the first window, so they do not fire at once."""
+        for runner in self.runners.values():
+            runner.start(self.rng.uniform(0, min(first_check_within, runner.cfg.interval)))
+
+    @property
+    def checks_total(self) -> int:
+        return self.lag.count
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """No new checks; checks and restarts in flight go on until ``drained``."""
+        self.stopping = True
+        for runner in self.runners.values():
+            runner.stop()
+        for gate in self.gates.values():
+            gate.waiting.clear()
+        self._note_idle()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+    def abandon(self) -> int:
+        """Cancel whatever is still in flight (forced stop); returns how many there were."""
+        busy = [r for r in self.runners.values() if r.busy]
+        for runner in busy:
+            runner.abandon()
+        return len(busy)
+
+    def _note_busy(self, delta: int) -> None:
+        self.busy += delta
+        if delta < 0:
+            self._note_idle()
+
+    def _note_idle(self) -> None:
+        if self.stopping and self.busy == 0:
+            self._idle.set()
+
+    # -- lag --------------------------------------------------------------------------------
+
+    def review(self) -> None:
+        """Compare the lag since the last review with the warning level; log the changes."""
+        now = self.lag.cumulative()
+        window = [b - a for a, b in zip(self._reviewed, now, strict=True)]
+        self._reviewed = now
+        if not window[-1]:
+            return
+        p99 = quantile(0.99, window)
+        behind = not math.isnan(p99) and p99 > self.lag_warning
+        if behind and not self.behind:
+            self.log.warning(
+                "scheduler_behind",
+                lag_p99=round(p99, 3),
+                lag_p50=round(quantile(0.5, window), 3),
+                checks=window[-1],
+                hint="checks start late and the schedule stretches; the host is overloaded",
+            )
+        elif self.behind and not behind:
+            self.log.info("scheduler_on_time", lag_p99=round(p99, 3), checks=window[-1])
+        self.behind = behind
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "behind": self.behind,
+            "busy": self.busy,
+            "queued": sum(len(g.waiting) for g in self.gates.values()),
+            **self.lag.to_json(),
+        }
 
 
 class WorkloadRunner:
@@ -33,7 +228,7 @@ class WorkloadRunner:
         clock: Clock,
         log: Logger,
         address_ttl: float,
-        on_change: Callable[[bool], None],
+        on_change: Callable[[str, bool], None],
     ) -> None:
         self.cfg = cfg
         self.policy = policy
@@ -43,59 +238,102 @@ class WorkloadRunner:
         self.clock = clock
         self.log = log.bind(workload=cfg.workload)
         self.address_ttl = address_ttl
-        self.on_change = on_change  # called after every result; True when it must be saved now
+        self.on_change = on_change  # (workload, must be saved now) after every result
+        self.probe = KINDS[cfg.type].probe(cfg)
+        self.scheduler: Scheduler | None = None
+        self.wheel: TimerWheel | None = None
+        self.gate: Gate | None = None
         self.busy = False  # in a check or restart: stopping lets it finish
+        self.queued = False  # waiting at the gate
         self.stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # cached: looking it up costs a syscall
+        self._due = 0.0
+        self._scheduled = False  # a wake-up is pending on the wheel
+        self._task: asyncio.Task[None] | None = None  # an address lookup or a restart
         self._address: Address | None = None
         self._address_expires = 0.0
         self._needs_address = KINDS[cfg.type].needs_address
 
-    async def run(self, first_delay: float) -> None:
-        await asyncio.sleep(first_delay)
-        while True:
-            self.busy = True
-            try:
-                await self.step()
-            finally:
-                self.busy = False
-            if self.stopping:  # set by the daemon while this check ran
-                return
-            await asyncio.sleep(self.cfg.interval)
+    # -- schedule ---------------------------------------------------------------------------
 
-    async def step(self) -> CheckResult:
-        """One check and whatever it leads to."""
+    def start(self, delay: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._schedule(delay)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.queued = False
+        self._scheduled = False
+
+    def abandon(self) -> None:
+        self.probe.cancel()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self._set_idle()
+
+    def _schedule(self, delay: float) -> None:
+        if self.stopping:
+            return
+        assert self.wheel is not None
+        assert self._loop is not None
+        self._scheduled = True
+        self._due = self.wheel.call_at(self._loop.time() + delay, self._on_due)
+
+    def _on_due(self) -> None:
+        if not self._scheduled:  # stopped meanwhile
+            return
+        self._scheduled = False
+        if self.gate is None or self.gate.enter(self):
+            self.begin()
+        else:
+            self.queued = True
+
+    def begin(self) -> None:
+        """Start the check now (called when due, or by the gate when a slot frees)."""
+        self.queued = False
+        loop, scheduler = self._loop, self.scheduler
+        assert loop is not None
+        assert scheduler is not None
+        lag = loop.time() - self._due
+        scheduler.lag.observe(lag if lag > 0.0 else 0.0)
+        self.busy = True
+        scheduler.busy += 1
+        address = self._address
+        if address is not None and self.clock.monotonic() < self._address_expires:
+            self.probe.start(address.host, self._on_result)
+            return
+        host = self._address_now()
+        if host is None:
+            self._task = loop.create_task(self._resolve_then_check())
+        else:
+            self.probe.start(host, self._on_result)
+
+    def _set_idle(self) -> None:
+        if self.busy:
+            self.busy = False
+            if self.scheduler is not None:
+                self.scheduler._note_busy(-1)
+
+    # -- results --------------------------------------------------------------------------
+
+    def _on_result(self, result: CheckResult) -> None:
+        if self.gate is not None:
+            self.gate.leave()
         status = self.policy.status
         before = (status.state, status.restart_count)
-        address = await self.address()
-        result = await run_check(self.cfg, address.host if address else "")
         if not result.ok:
             self._address = None  # the workload may have moved: look again next time
         decision = self.policy.on_result(result)
         for event in decision.events:
             self.bus.publish(event)
         if decision.restart:
-            await self._restart()
-        self.on_change((status.state, status.restart_count) != before)
-        return result
-
-    async def address(self) -> Address | None:
-        if not self._needs_address:
-            return None
-        now = self.clock.monotonic()
-        if self._address is not None and now < self._address_expires:
-            return self._address
-        if self.cfg.host:
-            found = Address(self.cfg.host, "host")
-        else:
-            found = await self.resolver.resolve(self.cfg.workload)
-        if self._address is None or found != self._address:
-            status = self.policy.status
-            if found.is_fallback and found.source != status.address_source:
-                self.log.warning("address_fallback", address=found.host, reason=found.source)
-            status.address, status.address_source = found.host, found.source
-        self._address = found
-        self._address_expires = now + self.address_ttl
-        return found
+            assert self._loop is not None
+            self._task = self._loop.create_task(self._restart())
+            return
+        self.on_change(self.cfg.workload, (status.state, status.restart_count) != before)
+        self._set_idle()
+        self._schedule(self.cfg.interval)
 
     async def _restart(self) -> None:
         try:
@@ -104,6 +342,7 @@ class WorkloadRunner:
             error: str | None = str(exc)
         else:
             error = None
+        self._task = None
         self._address = None  # a restarted container may come back elsewhere
         decision = self.policy.on_restart_outcome(error)
         for event in decision.events:
@@ -114,3 +353,34 @@ class WorkloadRunner:
                 restart_count=self.policy.status.restart_count,
                 state=State.RESTARTING.value,
             )
+        self.on_change(self.cfg.workload, True)
+        self._set_idle()
+        self._schedule(self.cfg.interval)
+
+    # -- address ----------------------------------------------------------------------------
+
+    def _address_now(self) -> str | None:
+        """The address to check, or None when it has to be looked up first."""
+        if not self._needs_address:
+            return ""
+        if self._address is not None and self.clock.monotonic() < self._address_expires:
+            return self._address.host
+        if self.cfg.host:
+            self._remember(Address(self.cfg.host, "host"))
+            return self.cfg.host
+        return None
+
+    async def _resolve_then_check(self) -> None:
+        found = await self.resolver.resolve(self.cfg.workload)
+        self._task = None
+        self._remember(found)
+        self.probe.start(found.host, self._on_result)
+
+    def _remember(self, found: Address) -> None:
+        if self._address is None or found != self._address:
+            status = self.policy.status
+            if found.is_fallback and found.source != status.address_source:
+                self.log.warning("address_fallback", address=found.host, reason=found.source)
+            status.address, status.address_source = found.host, found.source
+        self._address = found
+        self._address_expires = self.clock.monotonic() + self.address_ttl

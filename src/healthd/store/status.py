@@ -103,8 +103,40 @@ def from_json(obj: Any) -> WorkloadStatus | None:
 
 
 def encode(statuses: Iterable[WorkloadStatus]) -> bytes:
-    entries = [to_json(s) for s in sorted(statuses, key=lambda s: s.workload)]
-    return json.dumps(entries, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+    return StatusEncoder().encode({s.workload: s for s in statuses})
+
+
+class StatusEncoder:
+    """statuses.json bytes: one entry per line, sorted by workload, re-encoding only changes.
+
+    With thousands of workloads the file is rewritten every few seconds; entries that did not
+    change since the last call are reused as they were encoded.
+    """
+
+    def __init__(self) -> None:
+        self._lines: dict[str, bytes] = {}
+        self._order: list[str] = []
+        self._known: set[str] = set()
+
+    def encode(
+        self, statuses: dict[str, WorkloadStatus], changed: Iterable[str] | None = None
+    ) -> bytes:
+        """``changed``: the workloads whose status changed since the last call (None: all)."""
+        lines = self._lines
+        for name in statuses if changed is None else changed:
+            status = statuses.get(name)
+            if status is not None:
+                lines[name] = json.dumps(to_json(status), ensure_ascii=False).encode("utf-8")
+        if statuses.keys() != self._known:  # workloads came or went: rebuild around them
+            for name in [n for n in lines if n not in statuses]:
+                del lines[name]
+            for name in statuses.keys() - lines.keys():
+                lines[name] = json.dumps(to_json(statuses[name]), ensure_ascii=False).encode()
+            self._known = set(statuses)
+            self._order = sorted(statuses)
+        if not self._order:
+            return b"[]\n"
+        return b"[\n" + b",\n".join([lines[n] for n in self._order]) + b"\n]\n"
 
 
 def decode(data: bytes) -> dict[str, WorkloadStatus]:
