@@ -1,0 +1,87 @@
+"""The bench's output: a table for people, JSON for programs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from bench.runner import KindResult, Options
+from healthd.durations import format_seconds
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    """``value`` formatted, or ``n/a`` when it could not be measured."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:{spec}}{suffix}"
+
+
+COLUMNS: list[tuple[str, Callable[[KindResult], str]]] = [
+    ("KIND", lambda r: r.kind),
+    ("TARGET", lambda r: r.target),
+    ("N", lambda r: str(r.n)),
+    ("EXPECTED/s", lambda r: fmt(r.expected_per_s, ".1f")),
+    ("ACHIEVED/s", lambda r: fmt(r.achieved_per_s, ".1f")),
+    ("KEEP-UP", lambda r: fmt(r.keep_up_pct, ".1f", "%")),
+    ("CPU ms/check", lambda r: fmt(r.cpu_ms_per_check, ".3f")),
+    ("CHILDREN ms/check", lambda r: fmt(r.children_cpu_ms_per_check, ".3f")),
+    ("PEAK RSS MB", lambda r: fmt(r.peak_rss_mb, ".1f")),
+    ("LAG p50 ms", lambda r: fmt(r.lag_p50_ms, ".2f")),
+    ("LAG p99 ms", lambda r: fmt(r.lag_p99_ms, ".2f")),
+    ("DETECT max s", lambda r: fmt(r.detection_max_s, ".2f")),
+    ("BOUND s", lambda r: fmt(r.detection_bound_s, ".2f")),
+    ("FALSE FAILS", lambda r: str(r.false_check_fails)),
+]
+
+
+def header(opts: Options, environment: str) -> str:
+    return (
+        f"healthd bench: N={opts.n} interval={format_seconds(opts.interval)} "
+        f"timeout={format_seconds(opts.timeout)} retries={opts.retries} "
+        f"warm-up={opts.warmup:g}s window={opts.window:g}s ({environment})"
+    )
+
+
+def table(results: Sequence[KindResult]) -> str:
+    rows = [[name for name, _ in COLUMNS]]
+    rows += [[cell(r) for _, cell in COLUMNS] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = []
+    for row in rows:
+        cells = [
+            c.ljust(w) if i < 2 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def details(results: Sequence[KindResult]) -> str:
+    """Per kind: each sentinel's detection latency, and anything worth a note."""
+    lines = []
+    for r in results:
+        latencies = "  ".join(f"{name} {fmt(v, '.3f', 's')}" for name, v in r.detection_s.items())
+        lines.append(
+            f"{r.kind}: detection {latencies} (bound {r.detection_bound_s:.2f}s); "
+            f"checks in window {r.checks_in_window} over {r.window_s:.2f}s; "
+            f"daemon CPU {r.cpu_cores * 100:.1f}% of a core; "
+            f"false unhealthy {r.false_unhealthy}"
+        )
+        lines += [f"{r.kind}: note: {note}" for note in r.notes]
+    return "\n".join(lines)
+
+
+def render_text(opts: Options, environment: str, results: Sequence[KindResult]) -> str:
+    return "\n".join([header(opts, environment), table(results), details(results)])
+
+
+def to_json(opts: Options, environment: str, results: Sequence[KindResult]) -> str:
+    body: dict[str, Any] = {
+        "options": asdict(opts),
+        "environment": environment,
+        "results": [asdict(r) for r in results],
+    }
+    return json.dumps(body, indent=2, allow_nan=False, default=str)

@@ -1,0 +1,100 @@
+"""The workload files the bench gives healthd: N measured workloads plus the sentinels.
+
+One YAML file per workload, named after it (``wl00000.yaml``, ...). Every value is written
+explicitly so the run does not depend on defaults; ``target`` is always a double-quoted string
+(JSON's quoting is valid YAML), which keeps a shell command or a port number a string.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from healthd.durations import format_seconds
+
+KINDS = ("http", "tcp", "exec")
+SENTINELS = ("sentinel0", "sentinel1", "sentinel2")
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    """What a check of one kind points at: URL path, port string or shell command."""
+
+    target: str
+    port: int | None = None  # http and tcp only
+    host: str | None = None  # http and tcp only
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    name: str
+    kind: str
+    check: CheckTarget
+    interval: float
+    timeout: float
+    retries: int
+
+
+def workload_name(index: int) -> str:
+    return f"wl{index:05d}"
+
+
+def http_target(port: int, host: str = "127.0.0.1") -> CheckTarget:
+    return CheckTarget("/healthz", port, host)
+
+
+def tcp_target(port: int, host: str = "127.0.0.1") -> CheckTarget:
+    return CheckTarget(str(port), port, host)
+
+
+def render(spec: WorkloadSpec) -> str:
+    """The YAML text of one workload file."""
+    if spec.kind not in KINDS:
+        raise ValueError(f"unknown check kind {spec.kind!r}")
+    lines = [
+        f"workload: {spec.name}",
+        f"type: {spec.kind}",
+        f"target: {json.dumps(spec.check.target)}",
+    ]
+    if spec.kind != "exec":
+        if spec.check.port is None or spec.check.host is None:
+            raise ValueError(f"{spec.kind} workload {spec.name} needs a port and a host")
+        lines += [f"port: {spec.check.port}", f"host: {spec.check.host}"]
+    lines += [
+        f"interval: {format_seconds(spec.interval)}",
+        f"timeout: {format_seconds(spec.timeout)}",
+        f"retries: {spec.retries}",
+        "enabled: true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def bench_specs(
+    kind: str,
+    n: int,
+    measured: CheckTarget,
+    sentinel: CheckTarget,
+    *,
+    interval: float,
+    timeout: float,
+    retries: int,
+) -> list[WorkloadSpec]:
+    """N workloads ``wl00000``... on ``measured``, then the sentinels on ``sentinel``."""
+    specs = [
+        WorkloadSpec(workload_name(i), kind, measured, interval, timeout, retries) for i in range(n)
+    ]
+    specs += [WorkloadSpec(s, kind, sentinel, interval, timeout, retries) for s in SENTINELS]
+    return specs
+
+
+def write_workloads(config_dir: Path, specs: Iterable[WorkloadSpec]) -> list[Path]:
+    """Write one ``NAME.yaml`` per spec into ``config_dir`` (created if missing)."""
+    config_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for spec in specs:
+        path = config_dir / f"{spec.name}.yaml"
+        path.write_text(render(spec), encoding="utf-8")
+        paths.append(path)
+    return paths

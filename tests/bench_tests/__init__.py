@@ -1,0 +1,1 @@
+"""Tests of the benchmark package bench/ (see conftest.py)."""

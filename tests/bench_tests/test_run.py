@@ -1,0 +1,112 @@
+"""``python -m bench`` end to end at a tiny scale, with the installed healthd and real processes.
+
+No assertion on speed: the numbers only have to be there and make sense.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .conftest import ROOT
+
+HEALTHD = (
+    f"{shlex.quote(sys.executable)} -m healthd run "
+    "--config-dir {config} --status-dir {status} --log-format json"
+)
+SMALL = ["--interval", "500ms", "--timeout", "1s", "--retries", "2", "--target", "builtin"]
+
+
+def bench(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    """The bench as a child, its temporary directories under ``tmp_path``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench", "--healthd", HEALTHD, *SMALL, *args],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that contain ``text`` (our paths are unique)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state not in ("Z", "X"):
+            found.append(cmdline)
+    return found
+
+
+def test_http_and_exec_report_sane_numbers(tmp_path: Path) -> None:
+    proc = bench(
+        tmp_path, "--kind", "http,exec", "--n", "50", "--warmup", "2", "--window", "2", "--json"
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    report: dict[str, Any] = json.loads(out)
+    results = {r["kind"]: r for r in report["results"]}
+    assert list(results) == ["http", "exec"]
+    assert results["http"]["target"] == "builtin"
+    assert results["exec"]["target"] == "file"
+    for kind, r in results.items():
+        assert r["n"] == 50, kind
+        assert r["expected_per_s"] == 100.0, kind
+        assert r["checks_in_window"] > 0, kind
+        assert r["achieved_per_s"] > 0, kind
+        assert r["keep_up_pct"] > 0, kind
+        assert r["cpu_ms_per_check"] > 0, kind
+        assert r["children_cpu_ms_per_check"] >= 0, kind
+        assert r["peak_rss_mb"] > 0, kind
+        assert r["detection_bound_s"] == 2.1, kind  # 500ms * 2 + 1s + 0.1s
+        detection = r["detection_s"]
+        assert sorted(detection) == ["sentinel0", "sentinel1", "sentinel2"], kind
+        assert all(v is not None and v > 0 for v in detection.values()), (kind, r["notes"])
+        assert r["detection_max_s"] == max(detection.values()), kind
+        assert isinstance(r["false_check_fails"], int), kind
+        for lag in (r["lag_p50_ms"], r["lag_p99_ms"]):  # n/a until healthd writes daemon.json
+            assert lag is None or lag >= 0, kind
+    # the table went to stderr, with a row per kind
+    assert "KEEP-UP" in err
+    assert any(line.startswith("exec ") for line in err.splitlines())
+    # nothing left behind: no process, no temporary directory
+    assert processes_mentioning(str(tmp_path)) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    proc = bench(tmp_path, "--kind", "http", "--n", "5", "--warmup", "30", "--window", "30")
+    try:
+        deadline = time.monotonic() + 30
+        logs: list[Path] = []
+        while not any("daemon_started" in p.read_text() for p in logs):
+            assert time.monotonic() < deadline, "healthd did not start"
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+            logs = list(tmp_path.glob("*/daemon.log"))
+        assert processes_mentioning(str(tmp_path))  # healthd and the targets run
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "interrupted by SIGINT" in err
+    assert processes_mentioning(str(tmp_path)) == []
+    assert list(tmp_path.iterdir()) == []
