@@ -76,7 +76,7 @@ def _program_path(name: str) -> str | None:
     return _program_paths[name]
 
 
-_SPAWN_THREADS = 2
+SPAWN_THREADS = 2
 _spawn_pool: ThreadPoolExecutor | None = None
 
 
@@ -85,7 +85,7 @@ def _spawner() -> ThreadPoolExecutor:
     fraction of a millisecond the event loop would otherwise spend blocked on every spawn."""
     global _spawn_pool
     if _spawn_pool is None:
-        _spawn_pool = ThreadPoolExecutor(_SPAWN_THREADS, thread_name_prefix="healthd-spawn")
+        _spawn_pool = ThreadPoolExecutor(SPAWN_THREADS, thread_name_prefix="healthd-spawn")
     return _spawn_pool
 
 
@@ -105,7 +105,12 @@ def _spawn(path: str, argv: list[str], env: Mapping[str, str], output: int) -> t
         )
     finally:
         os.close(output)
-    return pid, os.pidfd_open(pid)
+    try:
+        return pid, os.pidfd_open(pid)
+    except OSError:  # out of descriptors: do not leave a child we cannot watch
+        kill_group(pid)
+        os.waitpid(pid, 0)
+        raise
 
 
 class Child:
@@ -164,7 +169,11 @@ class Child:
         if path is None:
             self._spawn_failed(f"{argv[0]}: No such file or directory")
             return
-        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:  # out of descriptors: a failed run, not a crash
+            self._spawn_failed(f"{argv[0]}: cannot create output pipe: {exc.strerror or exc}")
+            return
         os.set_blocking(read_end, False)  # our end only: the child's stdout stays blocking
         self._pipe = read_end
         self._loop.add_reader(read_end, self._on_output)

@@ -128,7 +128,7 @@ class HttpProbe(Probe):
             _, conn = await loop.create_connection(
                 lambda: _Connection(self), self.address, self.cfg.port
             )
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             self._opening = None
             self._fail(connect_error(exc))
             return

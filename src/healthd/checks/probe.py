@@ -117,8 +117,20 @@ def host_port(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def connect_error(exc: OSError) -> str:
+# getaddrinfo's codes, for loops that report them without their text ("unknown error -2")
+_GAI_REASONS = {
+    socket.EAI_NONAME: "name or service not known",
+    socket.EAI_AGAIN: "temporary failure in name resolution",
+    socket.EAI_FAIL: "non-recoverable failure in name resolution",
+}
+
+
+def connect_error(exc: Exception) -> str:
     """A short reason: asyncio's own wording ("Connect call failed (...)") hides the errno."""
-    if exc.errno:
+    if isinstance(exc, socket.gaierror):
+        return _GAI_REASONS.get(exc.errno or 0, exc.strerror or str(exc))
+    if isinstance(exc, UnicodeError):  # IDNA: an empty or over-long label in the host name
+        return f"invalid host name ({exc})"
+    if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
     return str(exc) or type(exc).__name__

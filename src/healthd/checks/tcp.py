@@ -40,7 +40,10 @@ class TcpProbe(Probe):
 
     def _connect(self, loop: asyncio.AbstractEventLoop, family: int, sockaddr: Any) -> int:
         """Start connecting; 0 when under way (or done), else the errno of an instant failure."""
-        sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:  # out of descriptors or buffers: a failed check, not a crash
+            return exc.errno or errno.EIO
         err = sock.connect_ex(sockaddr)
         if err == errno.EINPROGRESS:
             # Asking again costs one syscall and usually settles it (a loopback handshake
@@ -72,17 +75,18 @@ class TcpProbe(Probe):
             infos = await loop.getaddrinfo(
                 self.address, self.cfg.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
             )
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             self._resolving = None
-            self._finish(
-                False,
-                f"TCP check failed: {host_port(self.address, self.cfg.port)}: {_gai_error(exc)}",
-            )
+            self._finish(False, f"{self._failure_prefix()}{connect_error(exc)}")
             return
         last = errno.ECONNREFUSED
         for family, _, _, _, sockaddr in infos:
             waiter: asyncio.Future[int] = loop.create_future()
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            except OSError as exc:
+                last = exc.errno or errno.EIO
+                continue
             err = sock.connect_ex(sockaddr)
             if err == errno.EINPROGRESS:
                 self._sock = sock
@@ -103,7 +107,10 @@ class TcpProbe(Probe):
 
     def _fail(self, err: int) -> None:
         reason = connect_error(OSError(err, os.strerror(err)))
-        self._finish(False, f"TCP check failed: {host_port(self.address, self.cfg.port)}: {reason}")
+        self._finish(False, f"{self._failure_prefix()}{reason}")
+
+    def _failure_prefix(self) -> str:
+        return f"TCP check failed: {host_port(self.address, self.cfg.port)}: "
 
     def _release(self) -> None:
         sock, self._sock = self._sock, None
@@ -122,10 +129,6 @@ class TcpProbe(Probe):
 def _settle(waiter: asyncio.Future[int], sock: socket.socket) -> None:
     if not waiter.done():
         waiter.set_result(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
-
-
-def _gai_error(exc: OSError) -> str:
-    return exc.strerror or str(exc) or type(exc).__name__
 
 
 class TcpCheck:

@@ -85,7 +85,12 @@ class TimerWheel:
         try:
             while ticks and ticks[0] <= now:
                 for callback in slots.pop(heapq.heappop(ticks)):
-                    callback()
+                    try:
+                        callback()
+                    except Exception as exc:  # one workload's bug must not starve the others
+                        self._loop.call_exception_handler(
+                            {"message": "timer wheel callback failed", "exception": exc}
+                        )
         finally:
             self._firing = False
             if ticks:
