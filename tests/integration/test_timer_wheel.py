@@ -191,3 +191,32 @@ async def test_a_wheel_with_another_tick(tick: float) -> None:
     assert rec.labels == ["a", "b"]
     for label, when in asked.items():
         assert on_time(rec, label, due[label], when, tick)
+
+
+async def test_the_wheel_wakes_about_once_per_due_tick() -> None:
+    """Each due tick costs one wake-up of the loop, not a spin until the clock moves on.
+
+    Counted, not timed: the loop timer the wheel arms should fire about once per tick that
+    has callbacks, whatever the machine's speed.
+    """
+    wakeups = [0]
+
+    class CountingWheel(TimerWheel):
+        def _fire(self) -> None:
+            wakeups[0] += 1
+            super()._fire()
+
+    wheel, rec = CountingWheel(), Recorder()
+    runs = [0]
+
+    def again() -> None:
+        runs[0] += 1
+        if runs[0] < 20:
+            wheel.call_at(rec.loop.time() + 0.02, again)
+        else:
+            rec.callback("done")()
+
+    wheel.call_at(rec.loop.time() + 0.02, again)
+    await rec.wait(1)
+    assert runs[0] == 20
+    assert wakeups[0] <= 2 * runs[0] + 5, f"{wakeups[0]} wake-ups for {runs[0]} due ticks"

@@ -92,6 +92,11 @@ class Probe:
         self._deadline = None
         if self._done is None:
             return
+        left = self.cfg.timeout - (time.monotonic() - self._started)
+        if left > 0 and self._loop is not None:
+            # uvloop's clock counts whole milliseconds: never report a timeout a hair early
+            self._deadline = self._loop.call_later(left + 0.001, self._expire)
+            return
         self._abort()
         self._finish(False, f"timed out after {self._timeout_text}: {self.describe()}")
 

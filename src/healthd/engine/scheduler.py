@@ -56,7 +56,7 @@ class TimerWheel:
 
     def call_at(self, when: float, callback: Callable[[], None]) -> float:
         """Run ``callback`` at loop time ``when`` (to the tick); returns the time it is due."""
-        tick = int(when // self.tick)
+        tick = self._tick_of(when)
         slot = self._slots.get(tick)
         if slot is None:
             self._slots[tick] = [callback]
@@ -66,6 +66,11 @@ class TimerWheel:
         else:
             slot.append(callback)
         return tick * self.tick
+
+    def _tick_of(self, when: float) -> int:
+        # The epsilon: 0.01 has no exact float, so the loop's millisecond clock at n/100 s
+        # would floor to tick n-1, and a timer firing on time would find nothing due and spin.
+        return int(when / self.tick + 1e-6)
 
     def _arm(self, tick: int) -> None:
         if self._handle is not None:
@@ -79,7 +84,7 @@ class TimerWheel:
         self._handle = None
         self._armed_for = None
         assert self._loop is not None
-        now = int(self._loop.time() // self.tick)
+        now = self._tick_of(self._loop.time())
         ticks, slots = self._ticks, self._slots
         self._firing = True  # callbacks schedule again; arm once, for the earliest, after them
         try:
