@@ -122,16 +122,24 @@ class StatusEncoder:
         self, statuses: dict[str, WorkloadStatus], changed: Iterable[str] | None = None
     ) -> bytes:
         """``changed``: the workloads whose status changed since the last call (None: all)."""
+        self.update(statuses, statuses if changed is None else changed)
+        return self.render(statuses)
+
+    def update(self, statuses: dict[str, WorkloadStatus], names: Iterable[str]) -> None:
+        """Re-encode the entries of ``names``; callers may spread this over several calls."""
         lines = self._lines
-        for name in statuses if changed is None else changed:
+        for name in names:
             status = statuses.get(name)
             if status is not None:
                 lines[name] = json.dumps(to_json(status), ensure_ascii=False).encode("utf-8")
+
+    def render(self, statuses: dict[str, WorkloadStatus]) -> bytes:
+        """The whole file from the entries encoded so far (new workloads are encoded now)."""
+        lines = self._lines
         if statuses.keys() != self._known:  # workloads came or went: rebuild around them
             for name in [n for n in lines if n not in statuses]:
                 del lines[name]
-            for name in statuses.keys() - lines.keys():
-                lines[name] = json.dumps(to_json(statuses[name]), ensure_ascii=False).encode()
+            self.update(statuses, statuses.keys() - lines.keys())
             self._known = set(statuses)
             self._order = sorted(statuses)
         if not self._order:
