@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from healthd.engine.scheduler import TICK, TimerWheel
+from healthd.engine.scheduler import TimerWheel, tick_for
+
+TICK = 0.005  # the daemon picks its tick from the intervals; these tests fix one
 
 # The loop's own timers have millisecond resolution: a callback may run this much before the
 # tick time call_at returned (which itself is within one tick of the time asked for).
@@ -54,7 +56,7 @@ class Recorder:
 
 
 async def test_callbacks_run_in_due_order_and_not_before_their_tick() -> None:
-    wheel, rec = TimerWheel(), Recorder()
+    wheel, rec = TimerWheel(TICK), Recorder()
     now = rec.loop.time()
     offsets = {"c": 0.08, "a": 0.02, "d": 0.11, "b": 0.05, "past": -0.5}
     due = {label: now + offset for label, offset in offsets.items()}
@@ -66,7 +68,7 @@ async def test_callbacks_run_in_due_order_and_not_before_their_tick() -> None:
 
 
 async def test_callbacks_of_one_tick_run_in_the_order_they_were_added() -> None:
-    wheel, rec = TimerWheel(), Recorder()
+    wheel, rec = TimerWheel(TICK), Recorder()
     when = (int(rec.loop.time() / TICK) + 6 + 0.4) * TICK  # well inside a tick
     due = {wheel.call_at(when, rec.callback(label)) for label in ("first", "second", "third")}
     due.add(wheel.call_at(when + TICK / 20, rec.callback("fourth")))  # the same tick
@@ -77,7 +79,7 @@ async def test_callbacks_of_one_tick_run_in_the_order_they_were_added() -> None:
 
 
 async def test_an_entry_earlier_than_the_armed_one_rearms_the_wheel() -> None:
-    wheel, rec = TimerWheel(), Recorder()
+    wheel, rec = TimerWheel(TICK), Recorder()
     now = rec.loop.time()
     late = wheel.call_at(now + 0.4, rec.callback("late"))
     await asyncio.sleep(0.02)  # the wheel is armed for "late" now, and not firing
@@ -91,7 +93,7 @@ async def test_an_entry_earlier_than_the_armed_one_rearms_the_wheel() -> None:
 
 
 async def test_a_later_entry_does_not_disturb_the_armed_one() -> None:
-    wheel, rec = TimerWheel(), Recorder()
+    wheel, rec = TimerWheel(TICK), Recorder()
     now = rec.loop.time()
     first = wheel.call_at(now + 0.03, rec.callback("first"))
     second = wheel.call_at(now + 0.3, rec.callback("second"))
@@ -104,7 +106,7 @@ async def test_a_later_entry_does_not_disturb_the_armed_one() -> None:
 
 
 async def test_a_callback_can_schedule_later_and_earlier_entries_while_firing() -> None:
-    wheel, rec = TimerWheel(), Recorder()
+    wheel, rec = TimerWheel(TICK), Recorder()
     now = rec.loop.time()
     pending = wheel.call_at(now + 0.5, rec.callback("pending"))
     planned: dict[str, tuple[float, float]] = {}  # label -> (asked, due)
@@ -131,7 +133,7 @@ async def test_a_callback_can_schedule_later_and_earlier_entries_while_firing() 
 
 
 async def test_a_callback_rescheduling_itself_keeps_running() -> None:
-    wheel, rec = TimerWheel(), Recorder()
+    wheel, rec = TimerWheel(TICK), Recorder()
     runs: list[tuple[float, float]] = []  # (due, ran)
     due: list[float] = []
 
@@ -158,7 +160,7 @@ async def test_a_raising_callback_does_not_lose_the_others_of_its_tick() -> None
     In the daemon, the wheel's callbacks start checks (a socket, a pipe, a spawn): one that
     fails with an unexpected OSError (EMFILE) must not silently stop other workloads' schedules.
     """
-    wheel, rec = TimerWheel(), Recorder()
+    wheel, rec = TimerWheel(TICK), Recorder()
     errors: list[dict[str, Any]] = []
     rec.loop.set_exception_handler(lambda loop, context: errors.append(context))
 
@@ -206,7 +208,7 @@ async def test_the_wheel_wakes_about_once_per_due_tick() -> None:
             wakeups[0] += 1
             super()._fire()
 
-    wheel, rec = CountingWheel(), Recorder()
+    wheel, rec = CountingWheel(TICK), Recorder()
     runs = [0]
 
     def again() -> None:
@@ -220,3 +222,17 @@ async def test_the_wheel_wakes_about_once_per_due_tick() -> None:
     await rec.wait(1)
     assert runs[0] == 20
     assert wakeups[0] <= 2 * runs[0] + 5, f"{wakeups[0]} wake-ups for {runs[0]} due ticks"
+
+
+@pytest.mark.parametrize(
+    ("intervals", "tick"),
+    [
+        ([1.0, 30.0], 0.05),  # the most a tick may be
+        ([0.5], 0.025),  # a twentieth of the shortest interval
+        ([0.1, 60.0], 0.005),
+        ([0.001], 0.001),  # never below a millisecond: the loop's clock resolution
+        ([], 0.05),
+    ],
+)
+def test_the_tick_follows_the_shortest_interval(intervals: list[float], tick: float) -> None:
+    assert tick_for(intervals) == pytest.approx(tick)
