@@ -20,6 +20,11 @@ OUTPUT_CAP = 4096
 
 
 class ExecProbe(Probe):
+    __slots__ = (
+        "_argv",
+        "_child",
+    )
+
     def __init__(self, cfg: WorkloadConfig) -> None:
         super().__init__(cfg)
         self._argv = ("sh", "-c", cfg.target)

@@ -39,6 +39,12 @@ KEEPALIVE_MAX_INTERVAL = 30.0
 class _Connection(asyncio.Protocol):
     """One TCP connection of a probe; forwards everything to it."""
 
+    __slots__ = (
+        "closed",
+        "probe",
+        "transport",
+    )
+
     def __init__(self, probe: HttpProbe) -> None:
         self.probe = probe
         self.transport: asyncio.Transport | None = None
@@ -64,6 +70,22 @@ class _Connection(asyncio.Protocol):
 
 
 class HttpProbe(Probe):
+    __slots__ = (
+        "_body",
+        "_conn",
+        "_got_data",
+        "_header_bytes",
+        "_opening",
+        "_parser",
+        "_raw_header_bytes",
+        "_request",
+        "_request_for",
+        "_reused",
+        "_status",
+        "_url",
+        "keepalive",
+    )
+
     def __init__(self, cfg: WorkloadConfig) -> None:
         super().__init__(cfg)
         self.keepalive = cfg.interval <= KEEPALIVE_MAX_INTERVAL

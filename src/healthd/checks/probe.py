@@ -29,6 +29,16 @@ Done = Callable[[CheckResult], None]
 class Probe:
     """Base of the probes in this package: start, one result through ``done``, repeat."""
 
+    __slots__ = (
+        "_deadline",
+        "_done",
+        "_loop",
+        "_started",
+        "_timeout_text",
+        "address",
+        "cfg",
+    )
+
     def __init__(self, cfg: WorkloadConfig) -> None:
         self.cfg = cfg
         self.address = ""

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 
 
 class TcpProbe(Probe):
+    __slots__ = (
+        "_resolving",
+        "_sock",
+    )
+
     def __init__(self, cfg: WorkloadConfig) -> None:
         super().__init__(cfg)
         self._sock: socket.socket | None = None

@@ -47,6 +47,16 @@ _QUIET = Decision()
 
 
 class WorkloadPolicy:
+    __slots__ = (
+        "_exhausted_announced",
+        "_last_attempt",
+        "clock",
+        "restart_in_flight",
+        "settings",
+        "status",
+        "verdict",
+    )
+
     def __init__(self, settings: PolicySettings, status: WorkloadStatus, clock: Clock) -> None:
         self.settings = settings
         self.status = status

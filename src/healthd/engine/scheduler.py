@@ -236,6 +236,32 @@ class Scheduler:
 
 
 class WorkloadRunner:
+    __slots__ = (
+        "_address",
+        "_address_expires",
+        "_due",
+        "_log",
+        "_loop",
+        "_needs_address",
+        "_scheduled",
+        "_task",
+        "actuator",
+        "address_ttl",
+        "bus",
+        "busy",
+        "cfg",
+        "clock",
+        "gate",
+        "on_change",
+        "policy",
+        "probe",
+        "queued",
+        "resolver",
+        "scheduler",
+        "stopping",
+        "wheel",
+    )
+
     def __init__(
         self,
         cfg: WorkloadConfig,
@@ -255,7 +281,7 @@ class WorkloadRunner:
         self.actuator = actuator
         self.bus = bus
         self.clock = clock
-        self.log = log.bind(workload=cfg.workload)
+        self._log = log  # bound to the workload only when it logs: rare, and memory adds up
         self.address_ttl = address_ttl
         self.on_change = on_change  # (workload, must be saved now) after every result
         self.probe = KINDS[cfg.type].probe(cfg)
@@ -272,6 +298,10 @@ class WorkloadRunner:
         self._address: Address | None = None
         self._address_expires = 0.0
         self._needs_address = KINDS[cfg.type].needs_address
+
+    @property
+    def log(self) -> Logger:
+        return self._log.bind(workload=self.cfg.workload)
 
     # -- schedule ---------------------------------------------------------------------------
 
