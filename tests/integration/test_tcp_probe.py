@@ -236,22 +236,16 @@ async def test_unresolvable_name_fails_with_a_clear_error_and_no_exception(name:
 # -- what the host refuses ------------------------------------------------------------------------
 
 
-class _NoSockets:
-    """``socket`` as tcp.py sees it, except that making a socket fails like at the fd limit."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(socket, name)
-
-    @staticmethod
-    def socket(*args: Any, **kwargs: Any) -> socket.socket:
-        raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+def _no_sockets(*args: Any, **kwargs: Any) -> socket.socket:
+    """Making a socket fails like at the fd limit."""
+    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "localhost"])
 async def test_no_socket_to_be_had_is_a_failed_check_not_an_exception(
     monkeypatch: pytest.MonkeyPatch, address: str
 ) -> None:
-    monkeypatch.setattr(tcp, "socket", _NoSockets())
+    monkeypatch.setattr(tcp, "bare_socket", _no_sockets)
     port = free_port()
     probe = TcpProbe(tcp_cfg(port, timeout=1.0))
     with loop_errors() as errors:

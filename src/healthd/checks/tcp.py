@@ -11,6 +11,7 @@ import asyncio
 import errno
 import os
 import socket
+from _socket import socket as bare_socket  # no Python-level wrapper: made once a check
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -22,31 +23,41 @@ if TYPE_CHECKING:
 
 class TcpProbe(Probe):
     __slots__ = (
+        "_family",
         "_resolving",
         "_sock",
+        "_sockaddr",
+        "_sockaddr_for",
     )
 
     def __init__(self, cfg: WorkloadConfig) -> None:
         super().__init__(cfg)
-        self._sock: socket.socket | None = None
+        self._sock: bare_socket | None = None
+        self._sockaddr_for: str | None = None
+        self._family: socket.AddressFamily | None = None
+        self._sockaddr: tuple[str, int] = ("", 0)
         self._resolving: asyncio.Task[None] | None = None
 
     def describe(self) -> str:
         return f"tcp {host_port(self.address, self.cfg.port)}"
 
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
-        family = numeric_family(self.address)
+        if self._sockaddr_for != self.address:  # worked out once per address, not per check
+            self._sockaddr_for = self.address
+            self._family = numeric_family(self.address)
+            self._sockaddr = (self.address, self.cfg.port)
+        family = self._family
         if family is None:
             self._resolving = loop.create_task(self._resolve_and_connect(loop))
             return
-        error = self._connect(loop, family, (self.address, self.cfg.port))
+        error = self._connect(loop, family, self._sockaddr)
         if error:
             self._fail(error)
 
     def _connect(self, loop: asyncio.AbstractEventLoop, family: int, sockaddr: Any) -> int:
         """Start connecting; 0 when under way (or done), else the errno of an instant failure."""
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = bare_socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:  # out of descriptors or buffers: a failed check, not a crash
             return exc.errno or errno.EIO
         err = sock.connect_ex(sockaddr)
@@ -88,7 +99,7 @@ class TcpProbe(Probe):
         for family, _, _, _, sockaddr in infos:
             waiter: asyncio.Future[int] = loop.create_future()
             try:
-                sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+                sock = bare_socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             except OSError as exc:
                 last = exc.errno or errno.EIO
                 continue
@@ -131,7 +142,7 @@ class TcpProbe(Probe):
             self._resolving = None
 
 
-def _settle(waiter: asyncio.Future[int], sock: socket.socket) -> None:
+def _settle(waiter: asyncio.Future[int], sock: bare_socket) -> None:
     if not waiter.done():
         waiter.set_result(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
