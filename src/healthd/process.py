@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -67,11 +66,22 @@ _program_paths: dict[str, str | None] = {}
 
 
 def _program_path(name: str) -> str | None:
-    """``name`` looked up on PATH like execvp does, remembered: checks spawn the same few."""
+    """``name`` looked up on PATH like execvp does, remembered: checks spawn the same few.
+
+    Not shutil.which: importing shutil loads the bz2 and lzma modules, half a megabyte of
+    resident memory the daemon never uses."""
     if "/" in name:
         return name
     if name not in _program_paths:
-        _program_paths[name] = shutil.which(name)
+        _program_paths[name] = next(
+            (
+                path
+                for directory in os.get_exec_path()
+                if os.path.isfile(path := os.path.join(directory, name))
+                and os.access(path, os.X_OK)
+            ),
+            None,
+        )
     return _program_paths[name]
 
 

@@ -7,7 +7,6 @@ no sense is a problem reported at its line, never silently replaced by a default
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -202,6 +201,8 @@ REQUIRED = ("workload", "type")
 
 
 def did_you_mean(key: str) -> str:
+    import difflib  # noqa: PLC0415  (only for a typo, so not paid by every daemon)
+
     close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
