@@ -249,6 +249,7 @@ class Daemon:
             except OSError as exc:
                 self._encoded_all = False  # what failed to save is saved at the next tick
                 self.log.error("status_save_failed", path=str(self.store.path), error=str(exc))
+            del data, summary  # the whole file, held until the next flush otherwise
 
     async def _encode_in_slices(self) -> bytes:
         """Encode what changed a slice at a time, letting checks run in between: at 10,000
