@@ -65,7 +65,7 @@ def kill_group(pgid: int) -> None:
 _program_paths: dict[str, str | None] = {}
 
 
-def _program_path(name: str) -> str | None:
+def program_path(name: str) -> str | None:
     """``name`` looked up on PATH like execvp does, remembered: checks spawn the same few.
 
     Not shutil.which: importing shutil loads the bz2 and lzma modules, half a megabyte of
@@ -161,7 +161,7 @@ class Child:
         self.pid = 0
         self._argv0 = argv[0]
         self._started = time.monotonic()
-        path = _program_path(argv[0])
+        path = program_path(argv[0])
         if path is None:
             self._spawn_failed(f"{argv[0]}: No such file or directory")
             return

@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from healthd.checks import run_check
 from healthd.config.workload import WorkloadConfig
 from healthd.model import CheckResult
+from healthd.process import run_process
 
 from .harness import alive, free_port, kill_group, pids_with, wait_for
 
@@ -304,3 +307,16 @@ async def test_exec_background_leftover_is_killed_after_a_success(tmp_path: Path
     finally:
         for pid in pids_with(str(script)):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["true", "false", "ls /no/such/dir", "cat /proc/self/status", "sleep 0.05", "sh -c 'exit 7'"],
+)
+async def test_exec_verdict_and_output_are_the_same_with_or_without_a_shell(command: str) -> None:
+    """Plain commands run without sh (direct_argv): nothing a check reports may change."""
+    direct = await run_check(exec_cfg(command), "")
+    through_sh = await run_process(["sh", "-c", command], 5)
+    assert direct.ok == through_sh.ok
+    if not direct.ok:
+        assert direct.error == f"exec check failed: {through_sh.describe()}"
