@@ -256,6 +256,13 @@ async def test_exec_killed_by_a_signal_says_which() -> None:
     assert "killed by SIGKILL" in result.error
 
 
+async def test_exec_killed_by_sigterm_is_still_a_failure_when_nothing_is_stopping() -> None:
+    # Held back a moment (a service stop signals every process), then reported as usual.
+    result = await run_check(exec_cfg("kill -TERM $$"), "")
+    assert not result.ok
+    assert "killed by SIGTERM" in result.error
+
+
 async def test_exec_past_its_timeout_fails() -> None:
     result = await run_check(exec_cfg("sleep 30", timeout=0.5), "")
     assert not result.ok

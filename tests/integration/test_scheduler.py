@@ -13,6 +13,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -234,3 +235,23 @@ async def test_stop_with_checks_in_flight_returns_long_before_stop_grace(tmp_pat
         assert len(run.intervals()) == stopped_with  # nothing queued started after the stop
     assert daemon.scheduler.busy == 0
     assert total_checks(daemon) == daemon.scheduler.checks_total
+
+
+async def test_commands_killed_by_the_stop_of_the_service_are_not_failures(
+    tmp_path: Path,
+) -> None:
+    """systemctl stop signals the whole cgroup: the commands of checks in flight die of the
+    same SIGTERM as the daemon, and may be reaped before the daemon sees its own."""
+    async with overloaded_daemon(tmp_path, sleep=30, stop_grace=30.0) as run:
+        daemon = run.daemon
+        await run.wait_for("checks in flight", lambda: daemon.scheduler.busy == 2)
+        await run.wait_for("both commands started", lambda: len(run.intervals()) == 2)
+        for child in daemon.scheduler.runners.values():
+            command = getattr(child.probe, "_child", None)
+            if command is not None and command.pid:
+                os.killpg(command.pid, signal.SIGTERM)
+        daemon.request_stop()
+        async with asyncio.timeout(10):
+            await run.task
+        assert EventType.CHECK_FAIL not in run.sink.types()
+        assert run.log_events("daemon_stopped")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
 
 OUTPUT_CAP = 4096
+_STOP_SIGNALS = frozenset(-s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+_STOP_SIGNAL_GRACE = 0.1
 
 _PLAIN_WORDS = re.compile(r"[A-Za-z0-9_@%+=:,./-]+(?:[ \t]+[A-Za-z0-9_@%+=:,./-]+)*")
 # Words sh treats itself when they come first (POSIX special and regular built-ins, dash's
@@ -106,6 +109,7 @@ class ExecProbe(Probe):
     __slots__ = (
         "_argv",
         "_child",
+        "_runs",
     )
 
     def __init__(self, cfg: WorkloadConfig) -> None:
@@ -113,18 +117,29 @@ class ExecProbe(Probe):
         direct = direct_argv(cfg.target)
         self._argv = tuple(direct) if direct else ("sh", "-c", cfg.target)
         self._child: Child | None = None
+        self._runs = 0
 
     def describe(self) -> str:
         return f"sh -c {self.cfg.target!r}"
 
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._runs += 1
         self._child = Child(self._argv, self._exited, output_cap=OUTPUT_CAP)
 
     def _exited(self, outcome: ProcessOutcome) -> None:
         self._child = None
         if outcome.ok:
             self._finish(True)
+        elif outcome.returncode in _STOP_SIGNALS and self._loop is not None:
+            # Stopping the service signals its whole cgroup or process group, and a command
+            # caught that way may be reaped before the daemon itself sees the signal: hold the
+            # verdict a moment, so a daemon that is stopping can tell (and drop it).
+            self._loop.call_later(_STOP_SIGNAL_GRACE, self._report_failure, outcome, self._runs)
         else:
+            self._report_failure(outcome, self._runs)
+
+    def _report_failure(self, outcome: ProcessOutcome, run: int) -> None:
+        if run == self._runs:  # not a later check's: this one may have timed out meanwhile
             self._finish(False, f"exec check failed: {outcome.describe()}")
 
     def _abort(self) -> None:

@@ -371,6 +371,11 @@ class WorkloadRunner:
             self.gate.leave()
         status = self.policy.status
         before = (status.state, status.restart_count)
+        if not result.ok and self.stopping:
+            # Stopping healthd stops what it runs (a service stop signals the whole cgroup):
+            # a failure now says nothing about the workload, and the next start checks anew.
+            self._set_idle()
+            return
         if not result.ok:
             self._address = None  # the workload may have moved: look again next time
         decision = self.policy.on_result(result)
