@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 OUTPUT_CAP = 4096
 _STOP_SIGNALS = frozenset(-s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
-_STOP_SIGNAL_GRACE = 0.1
+_STOP_SIGNAL_GRACE = 0.25  # a loop busy with thousands of checks sees signals late
 
 _PLAIN_WORDS = re.compile(r"[A-Za-z0-9_@%+=:,./-]+(?:[ \t]+[A-Za-z0-9_@%+=:,./-]+)*")
 # Words sh treats itself when they come first (POSIX special and regular built-ins, dash's

@@ -90,6 +90,7 @@ class Daemon:
 
     def request_stop(self) -> None:
         """First request drains; a second forces."""
+        self.scheduler.stop_requested = True
         if self._stop.is_set():
             self._force.set()
         self._stop.set()

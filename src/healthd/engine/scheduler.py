@@ -152,6 +152,7 @@ class Scheduler:
         self.behind = False
         self.busy = 0
         self.stopping = False
+        self.stop_requested = False  # set at once by a signal, before the drain begins
         self.rng = rng or random.Random()
         self.wheel = TimerWheel()
         self._idle = asyncio.Event()
@@ -371,7 +372,7 @@ class WorkloadRunner:
             self.gate.leave()
         status = self.policy.status
         before = (status.state, status.restart_count)
-        if not result.ok and self.stopping:
+        if not result.ok and self.scheduler is not None and self.scheduler.stop_requested:
             # Stopping healthd stops what it runs (a service stop signals the whole cgroup):
             # a failure now says nothing about the workload, and the next start checks anew.
             self._set_idle()
