@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from healthd.engine.scheduler import TimerWheel, tick_for
+from healthd.engine.scheduler import SystemUniform, TimerWheel, tick_for
 
 TICK = 0.005  # the daemon picks its tick from the intervals; these tests fix one
 
@@ -236,3 +236,12 @@ async def test_the_wheel_wakes_about_once_per_due_tick() -> None:
 )
 def test_the_tick_follows_the_shortest_interval(intervals: list[float], tick: float) -> None:
     assert tick_for(intervals) == pytest.approx(tick)
+
+
+def test_the_first_checks_spread_over_the_whole_window() -> None:
+    spread = SystemUniform()
+    values = [spread.uniform(0.0, 1.0) for _ in range(2000)]
+    assert all(0.0 <= v < 1.0 for v in values)
+    assert min(values) < 0.05
+    assert max(values) > 0.95  # the whole window, not one end of it
+    assert all(2.0 <= spread.uniform(2.0, 3.0) < 3.0 for _ in range(100))
