@@ -209,10 +209,10 @@ class Scheduler:
             runner.abandon()
         return len(busy)
 
-    def _note_busy(self, delta: int) -> None:
-        self.busy += delta
-        if delta < 0:
-            self._note_idle()
+    def runner_idle(self) -> None:
+        """A runner finished its check (and restart): one fewer busy; a drain may be done."""
+        self.busy -= 1
+        self._note_idle()
 
     def _note_idle(self) -> None:
         if self.stopping and self.busy == 0:
@@ -377,7 +377,7 @@ class WorkloadRunner:
         if self.busy:
             self.busy = False
             if self.scheduler is not None:
-                self.scheduler._note_busy(-1)
+                self.scheduler.runner_idle()
 
     # -- results --------------------------------------------------------------------------
 
