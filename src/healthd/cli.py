@@ -21,14 +21,16 @@ from healthd.config import editor
 from healthd.config.daemon import DaemonSettings, default_config_dir, default_status_dir
 from healthd.config.loader import load_dir
 from healthd.config.workload import WorkloadConfig
-from healthd.engine.daemon import Daemon
+from healthd.engine.daemon import DAEMON_FILENAME, Daemon
+from healthd.engine.lag import BOUNDS as LAG_BOUNDS
+from healthd.engine.lag import quantile
 from healthd.errors import ConfigError, DurationError, HealthdError, StatusFileError
 from healthd.events import EventBus, LogSink
 from healthd.logs import make_logger
 from healthd.loop import run_loop
 from healthd.model import State, WorkloadStatus
 from healthd.resolve import Address, MachinectlResolver
-from healthd.store.status import StatusStore, to_json
+from healthd.store.status import StatusStore, parse_time, to_json
 
 OK, PROBLEM, USAGE = 0, 1, 2
 
@@ -299,7 +301,34 @@ def cmd_status(args: argparse.Namespace) -> int:
             ]
         )
     print_table(rows)
+    if not args.workload:
+        line = daemon_line(args.status_dir / DAEMON_FILENAME, now)
+        if line:
+            print(f"\n{line}")
     return OK
+
+
+def daemon_line(path: Path, now: datetime) -> str | None:
+    """How the daemon keeps up, from the daemon.json it writes beside statuses.json."""
+    try:
+        summary = json.loads(path.read_bytes())
+        scheduler = summary["scheduler"]
+        counts = [int(count) for _, count in scheduler["lag_seconds_buckets"]]
+        updated = parse_time(summary["updated_at"])
+        line = (
+            f"daemon: pid {int(summary['pid'])}, updated {ago(updated, now)}; "
+            f"{int(summary['workloads'])} workloads, {int(summary['checks_total'])} checks"
+        )
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"daemon: {path.name} unreadable ({type(exc).__name__}: {exc})"
+    if len(counts) != len(LAG_BOUNDS) + 1 or not counts[-1]:
+        return line
+    p50, p99 = (quantile(q, counts) for q in (0.5, 0.99))
+    state = "BEHIND, checks start late" if scheduler.get("behind") else "on time"
+    lag = f"lag since start: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
+    return f"{line}; scheduler {state} ({lag})"
 
 
 def cmd_check(args: argparse.Namespace) -> int:

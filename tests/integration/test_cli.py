@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import healthd
+from healthd.engine.lag import BOUNDS
 
 from .harness import Services, free_port, run_cli
 
@@ -146,6 +149,38 @@ def test_status_from_a_statuses_file(tmp_path: Path, env: dict[str, str]) -> Non
     unknown = run_cli(["status", *common, "nope"], env)
     assert unknown.returncode == 1
     assert "no status for workload 'nope'" in unknown.stderr
+    assert "daemon:" not in table.stdout  # no daemon.json: nothing to say
+
+
+def test_status_says_how_the_daemon_keeps_up(tmp_path: Path, env: dict[str, str]) -> None:
+    status_dir = tmp_path / "status"
+    status_dir.mkdir()
+    (status_dir / "statuses.json").write_text("[]")
+    # 100 checks, cumulative: 50 started within 5 ms of their due time, all within 10 ms
+    counts = [0 if b < 0.005 else 50 if b == 0.005 else 100 for b in BOUNDS]
+    buckets: list[list[Any]] = [[b, c] for b, c in zip(BOUNDS, counts, strict=True)]
+    buckets.append(["+Inf", 100])
+    summary = {
+        "pid": 4242,
+        "updated_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "workloads": 3,
+        "checks_total": 100,
+        "scheduler": {"behind": True, "lag_seconds_buckets": buckets},
+    }
+    (status_dir / "daemon.json").write_text(json.dumps(summary))
+    common = ["--config-dir", str(tmp_path / "none"), "--status-dir", str(status_dir)]
+    shown = run_cli(["status", *common], env)
+    assert shown.returncode == 0, shown.stderr
+    line = shown.stdout.strip().splitlines()[-1]
+    assert line.startswith("daemon: pid 4242, updated ")
+    assert "3 workloads, 100 checks" in line
+    assert "scheduler BEHIND, checks start late" in line
+    assert "p50 5 ms, p99 10 ms" in line
+
+    (status_dir / "daemon.json").write_text("{not json")
+    broken = run_cli(["status", *common], env)
+    assert broken.returncode == 0, broken.stderr  # the table is still shown
+    assert "daemon: daemon.json unreadable (JSONDecodeError" in broken.stdout
 
 
 def test_status_with_a_corrupt_file_is_a_usage_error(tmp_path: Path, env: dict[str, str]) -> None:
