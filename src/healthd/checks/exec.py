@@ -120,7 +120,7 @@ class ExecProbe(Probe):
         self._runs = 0
 
     def describe(self) -> str:
-        return f"sh -c {self.cfg.target!r}"
+        return ExecCheck.describe(self.cfg, self.address)
 
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
         self._runs += 1
@@ -160,7 +160,8 @@ class ExecCheck:
         if not cfg.target:
             yield "target", "required for exec checks: the command to run with sh -c"
 
-    def describe(self, cfg: WorkloadConfig, address: str) -> str:
+    @staticmethod
+    def describe(cfg: WorkloadConfig, address: str) -> str:
         return f"sh -c {cfg.target!r}"
 
     def probe(self, cfg: WorkloadConfig) -> ExecProbe:

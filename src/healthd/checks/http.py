@@ -36,6 +36,10 @@ ERROR_BODY_CHARS = 200
 KEEPALIVE_MAX_INTERVAL = 30.0
 
 
+def check_url(cfg: WorkloadConfig, address: str) -> str:
+    return f"http://{host_port(address, cfg.port)}{cfg.target}"
+
+
 class _Connection(asyncio.Protocol):
     """One TCP connection of a probe; forwards everything to it."""
 
@@ -133,7 +137,7 @@ class HttpProbe(Probe):
     def _prepare(self, address: str) -> None:
         self._drop_connection()  # the workload moved: never reuse a connection to the old one
         authority = host_port(address, self.cfg.port)
-        self._url = f"http://{authority}{self.cfg.target}"
+        self._url = check_url(self.cfg, address)
         connection = "" if self.keepalive else "Connection: close\r\n"
         self._request = (
             f"GET {self.cfg.target} HTTP/1.1\r\nHost: {authority}\r\n"
@@ -280,8 +284,9 @@ class HttpCheck:
         elif target and not all("!" <= c <= "~" for c in target):
             yield "target", "must be printable ASCII without spaces (percent-encode the rest)"
 
-    def describe(self, cfg: WorkloadConfig, address: str) -> str:
-        return f"GET http://{host_port(address, cfg.port)}{cfg.target}"
+    @staticmethod
+    def describe(cfg: WorkloadConfig, address: str) -> str:
+        return f"GET {check_url(cfg, address)}"
 
     def probe(self, cfg: WorkloadConfig) -> HttpProbe:
         return HttpProbe(cfg)

@@ -39,7 +39,7 @@ class TcpProbe(Probe):
         self._resolving: asyncio.Task[None] | None = None
 
     def describe(self) -> str:
-        return f"tcp {host_port(self.address, self.cfg.port)}"
+        return TcpCheck.describe(self.cfg, self.address)
 
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sockaddr_for != self.address:  # worked out once per address, not per check
@@ -159,7 +159,8 @@ class TcpCheck:
             hint = " (target is not used by tcp checks)" if cfg.target else ""
             yield "port", f"required for tcp checks{hint}"
 
-    def describe(self, cfg: WorkloadConfig, address: str) -> str:
+    @staticmethod
+    def describe(cfg: WorkloadConfig, address: str) -> str:
         return f"tcp {host_port(address, cfg.port)}"
 
     def probe(self, cfg: WorkloadConfig) -> TcpProbe:

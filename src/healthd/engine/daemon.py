@@ -258,10 +258,7 @@ class Daemon:
         """Encode what changed a slice at a time, letting checks run in between: at 10,000
         workloads encoding everything at once would hold the loop for ~100 ms. Each entry is
         consistent; entries may be some milliseconds apart."""
-        self._snapshots += 1
-        names = list(self._changed_names if self._encoded_all else self.statuses)
-        self._changed_names = set()
-        self._encoded_all = False  # until every slice is in (a cancelled writer leaves gaps)
+        names = self._take_changed()
         for start in range(0, len(names), _ENCODE_SLICE):
             self._encoder.update(self.statuses, names[start : start + _ENCODE_SLICE])
             await asyncio.sleep(0)
@@ -269,12 +266,18 @@ class Daemon:
         return self._encoder.render(self.statuses)
 
     def _encode(self) -> bytes:
-        self._snapshots += 1
-        changed = self._changed_names if self._encoded_all else None
-        data = self._encoder.encode(self.statuses, changed)
-        self._changed_names = set()
+        """All that changed at once (start and stop, when no check is waiting for the loop)."""
+        self._encoder.update(self.statuses, self._take_changed())
         self._encoded_all = True
-        return data
+        return self._encoder.render(self.statuses)
+
+    def _take_changed(self) -> list[str]:
+        """The workloads to encode for a new snapshot: those changed, or all after a gap."""
+        self._snapshots += 1
+        names = list(self._changed_names if self._encoded_all else self.statuses)
+        self._changed_names = set()
+        self._encoded_all = False  # until every name is in (a cancelled writer leaves gaps)
+        return names
 
     def _daemon_summary(self) -> bytes:
         summary = {

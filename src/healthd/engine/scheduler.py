@@ -363,10 +363,6 @@ class WorkloadRunner:
         scheduler.lag.observe(lag if lag > 0.0 else 0.0)
         self.busy = True
         scheduler.busy += 1
-        address = self._address
-        if address is not None and self.clock.monotonic() < self._address_expires:
-            self.probe.start(address.host, self._on_result)
-            return
         host = self._address_now()
         if host is None:
             self._task = loop.create_task(self._resolve_then_check())
