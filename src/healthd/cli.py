@@ -7,6 +7,7 @@ workload); 2 usage or configuration error where the command could not do its job
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -19,6 +20,13 @@ from healthd import __version__, durations
 from healthd.checks import KINDS, run_check
 from healthd.config import editor
 from healthd.config.daemon import DaemonSettings, default_config_dir, default_status_dir
+from healthd.config.daemon_file import (
+    DEFAULT_DAEMON_CONFIG,
+    DEFAULT_LISTEN,
+    DaemonFile,
+    load_daemon_file,
+    parse_listen,
+)
 from healthd.config.loader import load_dir
 from healthd.config.workload import WorkloadConfig
 from healthd.engine.daemon import DAEMON_FILENAME, Daemon
@@ -65,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
             help="status files (default: $HEALTHD_STATUS_DIR or /var/lib/volt/health)",
         )
 
+    def daemon_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--daemon-config",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help=f"daemon config file (default: {DEFAULT_DAEMON_CONFIG}, if it exists)",
+        )
+
     run = sub.add_parser("run", help="run the daemon in the foreground")
     config_dir(run)
     status_dir(run)
@@ -81,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="deadline of one restart (default: 1m0s)",
     )
     run.add_argument("--log-format", choices=["logfmt", "json"], default="logfmt")
+    daemon_config(run)
+    run.add_argument(
+        "--listen",
+        default=None,
+        metavar="HOST:PORT",
+        help=f"API address (default: api.listen, or {DEFAULT_LISTEN}); '' turns it off",
+    )
 
     validate = sub.add_parser("validate", help="check every workload file; exit 1 on problems")
     config_dir(validate)
@@ -157,15 +181,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         unit_template=args.unit_template,
         restart_timeout=args.restart_timeout,
     )
+    api = read_daemon_file(args).api
+    if args.listen is not None:
+        try:
+            api = dataclasses.replace(api, listen=parse_listen(args.listen))
+        except ValueError as exc:
+            print(f"healthd: --listen: {exc}", file=sys.stderr)
+            return USAGE
     log = make_logger(fmt=args.log_format)
 
     async def serve() -> None:
+        from healthd.api.service import ApiService  # noqa: PLC0415  (only the daemon serves)
+
         daemon = Daemon(settings, bus=EventBus(log, [LogSink(log)]), log=log)
-        with daemon.capture_signals():
-            await daemon.run()
+        service = ApiService(daemon, api, log)
+        await service.start()  # a bad API setting stops the start, before any check runs
+        try:
+            with daemon.capture_signals():
+                await daemon.run()
+        finally:
+            await service.close()
 
     run_loop(serve())
     return OK
+
+
+def read_daemon_file(args: argparse.Namespace) -> DaemonFile:
+    """The daemon config file: the one named (which must exist) or the default (if any)."""
+    named = getattr(args, "daemon_config", None)
+    return load_daemon_file(named or DEFAULT_DAEMON_CONFIG, required=named is not None)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

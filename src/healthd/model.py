@@ -19,6 +19,7 @@ class State(StrEnum):
     GAVE_UP = "gave_up"  # unhealthy and the restart budget is spent
     DISABLED = "disabled"  # configured with enabled: false, not monitored
     CONFIG_ERROR = "config_error"  # its file does not load now; last saved counters kept
+    PAUSED = "paused"  # maintenance: checked, never restarted; shown over the machine's state
 
 
 class EventType(StrEnum):
@@ -83,6 +84,15 @@ class WorkloadStatus:
     last_restart_error: str = ""
     last_restart_attempt: datetime | None = None  # successful or not: paces restart_delay
     last_check_duration: float | None = None
+    # Maintenance, set through the API or CLI and kept across daemon restarts. ``state`` goes
+    # on holding the state machine's own state; ``shown_state`` is what people see.
+    paused: bool = False
+    paused_at: datetime | None = None
+    paused_reason: str = ""
+
+    @property
+    def shown_state(self) -> State:
+        return State.PAUSED if self.paused else self.state
 
 
 class Clock(Protocol):

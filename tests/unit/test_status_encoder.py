@@ -154,6 +154,13 @@ def test_one_entry_per_line_sorted_by_workload() -> None:
     assert "naïve ünïcode ✓" in data.decode("utf-8")  # UTF-8, not \u escapes
 
 
+def test_a_paused_state_written_by_hand_reads_as_paused_over_a_derived_state() -> None:
+    [entry] = json.loads(encode([WorkloadStatus("web", healthy=True, total_checks=3)]))
+    entry["state"] = "paused"
+    s = decode(json.dumps([entry]).encode())["web"]
+    assert (s.paused, s.state, s.shown_state) == (True, State.HEALTHY, State.PAUSED)
+
+
 def test_decode_of_encode_round_trips() -> None:
     current = statuses("web", "db")
     fail(current["db"], "HTTP 503 from http://10.0.0.5:8080/healthz: maintenance")
@@ -186,7 +193,9 @@ def workload_statuses(draw: st.DrawFn, name: str) -> WorkloadStatus:
     s.restart_count, s.restart_failures = draw(counts), draw(counts)
     s.last_error, s.last_restart_error = draw(st.text()), draw(st.text())
     s.address, s.address_source = draw(st.text()), draw(st.text())
-    s.state = draw(st.sampled_from(State))
+    s.state = draw(st.sampled_from([state for state in State if state is not State.PAUSED]))
+    if draw(st.booleans()):  # paused is kept beside the machine's state, not in it
+        s.paused, s.paused_at, s.paused_reason = True, draw(times), draw(st.text())
     micros = draw(st.none() | st.integers(min_value=0, max_value=10**9))
     s.last_check_duration = None if micros is None else micros / 1e6
     return s

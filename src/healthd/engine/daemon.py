@@ -20,6 +20,7 @@ import resource
 import signal
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,12 +28,13 @@ from healthd.actions import Actuator, CommandActuator
 from healthd.config.daemon import DaemonSettings
 from healthd.config.loader import LoadResult, load_dir
 from healthd.config.workload import WorkloadConfig
+from healthd.engine.history import CheckHistory
 from healthd.engine.policy import PolicySettings, WorkloadPolicy
 from healthd.engine.scheduler import Scheduler, Uniform, WorkloadRunner
-from healthd.errors import StatusFileError
+from healthd.errors import HealthdError, Problem, StatusFileError
 from healthd.events import EventBus
 from healthd.logs import Logger
-from healthd.model import Clock, State, SystemClock, WorkloadStatus
+from healthd.model import CheckResult, Clock, State, SystemClock, WorkloadStatus
 from healthd.resolve import MachinectlResolver, Resolver
 from healthd.store.atomic import write_atomic
 from healthd.store.status import StatusEncoder, StatusStore, format_time
@@ -80,10 +82,18 @@ class Daemon:
         self._write_lock = threading.Lock()
         self._snapshots = 0  # numbers snapshots, so an older one never overwrites a newer one
         self._written = 0
+        self.histories: dict[str, CheckHistory] = {}
+        self._reload_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[object]] = set()
+        self.api_endpoints: dict[str, str] = {}  # where the API listens, for the CLI
 
     @property
     def runners(self) -> dict[str, WorkloadRunner]:
         return self.scheduler.runners
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     # -- control --------------------------------------------------------------------------
 
@@ -96,16 +106,25 @@ class Daemon:
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """SIGTERM and SIGINT call ``request_stop`` while the daemon runs."""
+        """SIGTERM and SIGINT call ``request_stop`` while the daemon runs; SIGHUP reloads."""
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
             yield
         finally:
-            for sig in signals:
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def _on_hangup(self) -> None:
+        if not self.started.is_set() or self._stop.is_set():
+            return
+        self.log.info("signal", signal="SIGHUP", action="reload")
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _on_signal(self, sig: signal.Signals) -> None:
         forced = self._stop.is_set()
@@ -173,42 +192,160 @@ class Daemon:
         for name, cfg in self.configs.items():
             status = saved.pop(name, None) or WorkloadStatus(workload=name)
             self.statuses[name] = status
-            if not cfg.enabled:
-                status.state = State.DISABLED
-                status.healthy = False
-                continue
-            effective = cfg.with_defaults()
-            policy = WorkloadPolicy(
-                PolicySettings(
-                    effective.retries,
-                    effective.auto_restart,
-                    effective.max_restarts,
-                    effective.restart_delay,
-                ),
-                status,
-                self.clock,
-            )
-            self.scheduler.add(
-                WorkloadRunner(
-                    effective,
-                    policy,
-                    resolver=self.resolver,
-                    actuator=self.actuator,
-                    bus=self.bus,
-                    clock=self.clock,
-                    log=self.log,
-                    address_ttl=self.settings.address_ttl,
-                    on_change=self._changed,
-                )
-            )
+            runner = self._runner_for(cfg, status)
+            if runner is not None:
+                self.scheduler.add(runner)
         # Keep the saved status (and restart budget) of a workload whose file is broken now.
-        broken = {Path(p.file).name.rsplit(".", 1)[0] for p in self.loaded.problems}
-        dir_unreadable = any(Path(p.file) == self.settings.config_dir for p in self.loaded.problems)
+        broken = broken_names(self.loaded)
+        dir_unreadable = self._dir_unreadable(self.loaded)
         for name, status in saved.items():
             if dir_unreadable or name in broken:
                 status.state = State.CONFIG_ERROR
                 status.healthy = False
                 self.statuses[name] = status
+
+    def _runner_for(
+        self, cfg: WorkloadConfig, status: WorkloadStatus, policy: WorkloadPolicy | None = None
+    ) -> WorkloadRunner | None:
+        """The runner of an enabled workload (None for a disabled one, marked so). A policy
+        passed in (a reload) keeps its verdict and restart pacing under the new settings."""
+        name = cfg.workload
+        if not cfg.enabled:
+            status.state = State.DISABLED
+            status.healthy = False
+            self.histories.pop(name, None)
+            return None
+        effective = cfg.with_defaults()
+        settings = PolicySettings(
+            effective.retries,
+            effective.auto_restart,
+            effective.max_restarts,
+            effective.restart_delay,
+        )
+        if policy is None:
+            policy = WorkloadPolicy(settings, status, self.clock)
+        else:
+            policy.settings = settings
+        history = self.histories.get(name)
+        if history is None:
+            history = self.histories[name] = CheckHistory()
+        return WorkloadRunner(
+            effective,
+            policy,
+            resolver=self.resolver,
+            actuator=self.actuator,
+            bus=self.bus,
+            clock=self.clock,
+            log=self.log,
+            address_ttl=self.settings.address_ttl,
+            on_change=self._changed,
+            history=history,
+        )
+
+    def _dir_unreadable(self, loaded: LoadResult) -> bool:
+        return any(Path(p.file) == self.settings.config_dir for p in loaded.problems)
+
+    # -- operations (API and CLI) -----------------------------------------------------------
+
+    def runner(self, name: str) -> WorkloadRunner:
+        """The runner of a monitored workload; raises UnknownWorkload or NotMonitored."""
+        runner = self.runners.get(name)
+        if runner is not None:
+            return runner
+        status = self.statuses.get(name)
+        if status is None:
+            raise UnknownWorkload(name)
+        raise NotMonitored(name, status.state)
+
+    def pause(self, name: str, reason: str = "") -> WorkloadStatus:
+        runner = self.runner(name)
+        was = runner.policy.status.paused
+        runner.policy.pause(reason)
+        if not was:
+            self.log.info("workload_paused", workload=name, reason=reason)
+        self._changed(name, True)
+        return runner.policy.status
+
+    def resume(self, name: str) -> WorkloadStatus:
+        runner = self.runner(name)
+        if runner.policy.status.paused:
+            runner.policy.resume()
+            self.log.info("workload_resumed", workload=name)
+            self._changed(name, True)
+            # Judge the workload now rather than an interval from now.
+            runner.check_now().add_done_callback(_ignore_outcome)
+        return runner.policy.status
+
+    async def check_now(self, name: str) -> CheckResult:
+        return await self.runner(name).check_now()
+
+    async def reload(self) -> ReloadReport:
+        """Re-read the config dir. All or nothing per workload: a file that does not load now
+        leaves its workload running on the config it had, and is reported."""
+        async with self._reload_lock:
+            loaded = await asyncio.to_thread(load_dir, self.settings.config_dir)
+            report = self._apply(loaded)
+        self.log.info(
+            "config_reloaded",
+            added=len(report.added),
+            removed=len(report.removed),
+            changed=len(report.changed),
+            unchanged=report.unchanged,
+            kept=len(report.kept),
+            config_errors=len(report.problems),
+        )
+        for problem in report.problems:
+            self.log.error("config_error", problem=str(problem))
+        return report
+
+    def _apply(self, loaded: LoadResult) -> ReloadReport:
+        report = ReloadReport(problems=list(loaded.problems))
+        loaded.files.clear()
+        if self._dir_unreadable(loaded):
+            report.kept = sorted(self.configs)
+            self.loaded.problems = list(loaded.problems)
+            return report
+        broken = broken_names(loaded)
+        new_runners: list[WorkloadRunner] = []
+        retired: list[str] = []
+        for name, cfg in loaded.configs.items():
+            old = self.configs.get(name)
+            if old == cfg:
+                report.unchanged += 1
+                continue
+            (report.added if old is None else report.changed).append(name)
+            status = self.statuses.get(name)
+            if status is None or old is None:
+                status = status or WorkloadStatus(workload=name)
+                if status.state is State.CONFIG_ERROR:
+                    status.state = State.STARTING
+                self.statuses[name] = status
+            old_runner = self.runners.get(name)
+            if old_runner is not None:
+                retired.append(name)
+            self.configs[name] = cfg
+            runner = self._runner_for(
+                cfg, status, old_runner.policy if old_runner is not None else None
+            )
+            if runner is not None:
+                new_runners.append(runner)
+            self._changed(name, True)
+        for name in list(self.configs):
+            if name in loaded.configs:
+                continue
+            if name in broken:
+                report.kept.append(name)
+                continue
+            report.removed.append(name)
+            retired.append(name)
+            del self.configs[name]
+            self.statuses.pop(name, None)
+            self.histories.pop(name, None)
+        self.scheduler.replace(new_runners, retired, self.settings.first_check_within)
+        self.loaded.configs = dict(self.configs)
+        self.loaded.problems = list(loaded.problems)
+        self._save_now.set()
+        return report
 
     async def _drain(self) -> None:
         self.scheduler.stop()
@@ -287,6 +424,7 @@ class Daemon:
             "workloads": len(self.runners),
             "checks_total": self.scheduler.checks_total,
             "scheduler": self.scheduler.to_json(),
+            "api": self.api_endpoints,
         }
         return json.dumps(summary, indent=1).encode() + b"\n"
 
@@ -307,6 +445,45 @@ class Daemon:
 
 
 DAEMON_FILENAME = "daemon.json"
+
+
+class UnknownWorkload(HealthdError, LookupError):
+    """No workload of that name is configured."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no workload named {name!r}")
+        self.name = name
+
+
+class NotMonitored(HealthdError):
+    """The workload is configured but not checked now (disabled, or its file is broken)."""
+
+    def __init__(self, name: str, state: State) -> None:
+        super().__init__(f"workload {name!r} is not monitored now (state {state.value})")
+        self.name = name
+        self.state = state
+
+
+@dataclass
+class ReloadReport:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # its new file is broken: old config runs
+    unchanged: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+def broken_names(loaded: LoadResult) -> set[str]:
+    """Workloads whose file did not load (named after the file)."""
+    return {Path(p.file).name.rsplit(".", 1)[0] for p in loaded.problems}
+
+
+def _ignore_outcome(future: asyncio.Future[CheckResult]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it as never seen
+
+
 _ENCODE_SLICE = 500
 
 

@@ -16,11 +16,15 @@ Rules:
   not count, and is tried again after ``restart_delay``.
 - ``unhealthy`` / ``healthy`` events mark changes of the verdict, which survives a daemon
   restart: an episode is announced once, and its recovery always is.
+- Paused (maintenance): results are counted and failures still emit ``check_fail``, but the
+  state, the verdict and the restart budget wait; after ``resume`` the next result is judged
+  with the counts made meanwhile (three failures in a row while paused: unhealthy at once).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from healthd import durations
 from healthd.model import CheckResult, Clock, Event, EventType, State, WorkloadStatus
@@ -79,6 +83,8 @@ class WorkloadPolicy:
         s.total_checks += 1
         s.last_check = now
         s.last_check_duration = result.duration
+        if s.paused:
+            return self._while_paused(result, now)
         if result.ok:
             s.consecutive_fails = 0
             s.last_healthy = now
@@ -100,18 +106,7 @@ class WorkloadPolicy:
         s.total_fails += 1
         s.consecutive_fails += 1
         s.last_error = result.error
-        decision.events.append(
-            Event(
-                EventType.CHECK_FAIL,
-                s.workload,
-                now,
-                result.error,
-                details={
-                    "duration": round(result.duration, 6),
-                    "consecutive_fails": s.consecutive_fails,
-                },
-            )
-        )
+        decision.events.append(self._check_fail(result))
         if s.consecutive_fails < self.settings.retries:
             return decision
         s.healthy = False
@@ -160,6 +155,21 @@ class WorkloadPolicy:
         )
         return decision
 
+    def pause(self, reason: str = "") -> None:
+        """Maintenance: checks go on and are counted, the state machine and restarts wait."""
+        s = self.status
+        if not s.paused:
+            s.paused = True
+            s.paused_at = self.clock.now()
+        s.paused_reason = reason
+
+    def resume(self) -> None:
+        """Back to normal: the next result is judged against the counts made while paused."""
+        s = self.status
+        s.paused = False
+        s.paused_at = None
+        s.paused_reason = ""
+
     # -- queries --------------------------------------------------------------------------
 
     def next_restart_at(self) -> float | None:
@@ -176,6 +186,32 @@ class WorkloadPolicy:
         return max(0, self.settings.max_restarts - self.status.restart_count)
 
     # -- internals --------------------------------------------------------------------------
+
+    def _while_paused(self, result: CheckResult, now: datetime) -> Decision:
+        """Count the result; no transition, no verdict, no restart while under maintenance."""
+        s = self.status
+        if result.ok:
+            s.consecutive_fails = 0
+            s.last_healthy = now
+            s.last_error = ""
+            return _QUIET
+        s.total_fails += 1
+        s.consecutive_fails += 1
+        s.last_error = result.error
+        return Decision([self._check_fail(result)])
+
+    def _check_fail(self, result: CheckResult) -> Event:
+        s = self.status
+        return Event(
+            EventType.CHECK_FAIL,
+            s.workload,
+            s.last_check or self.clock.now(),
+            result.error,
+            details={
+                "duration": round(result.duration, 6),
+                "consecutive_fails": s.consecutive_fails,
+            },
+        )
 
     def _consider_restart(self, decision: Decision) -> None:
         s = self.status

@@ -18,6 +18,7 @@ import asyncio
 import heapq
 import math
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -25,6 +26,7 @@ from typing import Protocol
 from healthd.actions import Actuator
 from healthd.checks import KINDS
 from healthd.config.workload import WorkloadConfig
+from healthd.engine.history import CheckHistory
 from healthd.engine.lag import LagHistogram, quantile
 from healthd.engine.policy import WorkloadPolicy
 from healthd.errors import RestartError
@@ -75,6 +77,30 @@ class TimerWheel:
         else:
             slot.append(callback)
         return tick * self.tick
+
+    def overdue(self, now: float) -> float:
+        """Seconds the earliest pending callback is past its tick (0 when none is): a loop
+        that runs but whose wheel no longer fires shows here."""
+        if not self._ticks:
+            return 0.0
+        return max(0.0, now - self._ticks[0] * self.tick)
+
+    def retick(self, tick: float) -> None:
+        """Change the tick (intervals changed on reload); pending callbacks keep their time."""
+        if tick == self.tick:
+            return
+        old, self.tick = self.tick, tick
+        slots: dict[int, list[Callable[[], None]]] = {}
+        for key, callbacks in self._slots.items():
+            slots.setdefault(int(key * old / tick + 1e-6), []).extend(callbacks)
+        self._slots = slots
+        self._ticks = sorted(slots)
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._armed_for = None
+        if self._ticks and not self._firing:
+            self._arm(self._ticks[0])
 
     def _tick_of(self, when: float) -> int:
         # The epsilon: 0.01 has no exact float, so the loop's millisecond clock at n/100 s
@@ -171,6 +197,7 @@ class Scheduler:
         self.wheel = TimerWheel()
         self._idle = asyncio.Event()
         self._reviewed = self.lag.cumulative()
+        self.started = False
 
     def add(self, runner: WorkloadRunner) -> None:
         runner.scheduler = self
@@ -181,8 +208,28 @@ class Scheduler:
     def start(self, first_check_within: float) -> None:
         """First checks at random points of the first window, so they do not fire at once."""
         self.wheel.tick = tick_for(r.cfg.interval for r in self.runners.values())
+        self.started = True
         for runner in self.runners.values():
-            runner.start(self.rng.uniform(0, min(first_check_within, runner.cfg.interval)))
+            self._start(runner, first_check_within)
+
+    def _start(self, runner: WorkloadRunner, first_check_within: float) -> None:
+        runner.start(self.rng.uniform(0, min(first_check_within, runner.cfg.interval)))
+
+    def replace(
+        self, added: list[WorkloadRunner], removed: list[str], first_check_within: float
+    ) -> None:
+        """Reload: retire the runners of ``removed`` and start ``added``. A name in both is a
+        changed workload: a check of the old config still in flight is dropped, not counted."""
+        for name in removed:
+            runner = self.runners.pop(name, None)
+            if runner is not None:
+                runner.retire()
+        for runner in added:
+            self.add(runner)
+        self.wheel.retick(tick_for(r.cfg.interval for r in self.runners.values()))
+        if self.started and not self.stopping:
+            for runner in added:
+                self._start(runner, first_check_within)
 
     @property
     def checks_total(self) -> int:
@@ -254,6 +301,8 @@ class WorkloadRunner:
     __slots__ = (
         "_address",
         "_address_expires",
+        "_answering",
+        "_asked",
         "_due",
         "_log",
         "_loop",
@@ -267,11 +316,13 @@ class WorkloadRunner:
         "cfg",
         "clock",
         "gate",
+        "history",
         "on_change",
         "policy",
         "probe",
         "queued",
         "resolver",
+        "retired",
         "scheduler",
         "stopping",
         "wheel",
@@ -289,8 +340,10 @@ class WorkloadRunner:
         log: Logger,
         address_ttl: float,
         on_change: Callable[[str, bool], None],
+        history: CheckHistory | None = None,
     ) -> None:
         self.cfg = cfg
+        self.history = history or CheckHistory()
         self.policy = policy
         self.resolver = resolver
         self.actuator = actuator
@@ -306,6 +359,9 @@ class WorkloadRunner:
         self.busy = False  # in a check or restart: stopping lets it finish
         self.queued = False  # waiting at the gate
         self.stopping = False
+        self.retired = False  # replaced or removed by a reload: a result in flight is dropped
+        self._asked: list[asyncio.Future[CheckResult]] | None = None  # "check now", not begun
+        self._answering: list[asyncio.Future[CheckResult]] | None = None  # the check running
         self._loop: asyncio.AbstractEventLoop | None = None  # cached: looking it up costs a syscall
         self._due = 0.0
         self._scheduled = False  # a wake-up is pending on the wheel
@@ -329,7 +385,47 @@ class WorkloadRunner:
         self.queued = False
         self._scheduled = False
 
+    def retire(self) -> None:
+        """Removed or replaced by a reload: never scheduled again; a check in flight ends
+        uncounted, a restart in flight still reports its outcome."""
+        self.retired = True
+        self.stop()
+        self._fail_waiters("the workload was reloaded")
+
+    def check_now(self) -> asyncio.Future[CheckResult]:
+        """The result of a check that begins after this call: the next one, started at once
+        unless a check is already running (then right after it). It feeds the policy like any
+        other check, so checks of one workload still never overlap."""
+        assert self._loop is not None
+        future: asyncio.Future[CheckResult] = self._loop.create_future()
+        if self.stopping:
+            future.set_exception(RuntimeError("the daemon is stopping"))
+            return future
+        if self.queued:  # waiting for an exec slot: it begins after this call anyway
+            self._answering = [*(self._answering or ()), future]
+            return future
+        self._asked = [*(self._asked or ()), future]
+        if not self.busy:
+            self._scheduled = True
+            self._due = self._loop.time()
+            self._on_due()
+        return future
+
+    def _answer(self, result: CheckResult) -> None:
+        waiters, self._answering = self._answering, None
+        for future in waiters or ():
+            if not future.done():
+                future.set_result(result)
+
+    def _fail_waiters(self, reason: str) -> None:
+        for waiters in (self._asked, self._answering):
+            for future in waiters or ():
+                if not future.done():
+                    future.set_exception(RuntimeError(reason))
+        self._asked = self._answering = None
+
     def abandon(self) -> None:
+        self._fail_waiters("the daemon stopped")
         self.probe.cancel()
         if self._task is not None:
             self._task.cancel()
@@ -347,6 +443,10 @@ class WorkloadRunner:
     def _on_due(self) -> None:
         if not self._scheduled:  # stopped meanwhile
             return
+        assert self._loop is not None
+        assert self.wheel is not None
+        if self._loop.time() < self._due - self.wheel.tick:
+            return  # an entry from before a "check now": the current one is due later
         self._scheduled = False
         if self.gate is None or self.gate.enter(self):
             self.begin()
@@ -356,6 +456,8 @@ class WorkloadRunner:
     def begin(self) -> None:
         """Start the check now (called when due, or by the gate when a slot frees)."""
         self.queued = False
+        if self._asked is not None:  # this check answers those who asked for one
+            self._answering, self._asked = [*(self._answering or ()), *self._asked], None
         loop, scheduler = self._loop, self.scheduler
         assert loop is not None
         assert scheduler is not None
@@ -380,16 +482,23 @@ class WorkloadRunner:
     def _on_result(self, result: CheckResult) -> None:
         if self.gate is not None:
             self.gate.leave()
+        if self.retired:
+            self._set_idle()
+            return
         status = self.policy.status
         before = (status.state, status.restart_count)
         if not result.ok and self.scheduler is not None and self.scheduler.stop_requested:
             # Stopping healthd stops what it runs (a service stop signals the whole cgroup):
             # a failure now says nothing about the workload, and the next start checks anew.
+            self._fail_waiters("the daemon is stopping")
             self._set_idle()
             return
         if not result.ok:
             self._address = None  # the workload may have moved: look again next time
         decision = self.policy.on_result(result)
+        self.history.record(result, time.time())
+        if self._answering is not None:
+            self._answer(result)
         for event in decision.events:
             self.bus.publish(event)
         if decision.restart:
@@ -398,7 +507,7 @@ class WorkloadRunner:
             return
         self.on_change(self.cfg.workload, (status.state, status.restart_count) != before)
         self._set_idle()
-        self._schedule(self.cfg.interval)
+        self._schedule(0.0 if self._asked else self.cfg.interval)
 
     async def _restart(self) -> None:
         try:
@@ -420,7 +529,7 @@ class WorkloadRunner:
             )
         self.on_change(self.cfg.workload, True)
         self._set_idle()
-        self._schedule(self.cfg.interval)
+        self._schedule(0.0 if self._asked else self.cfg.interval)
 
     # -- address ----------------------------------------------------------------------------
 

@@ -29,7 +29,13 @@ _INT_FIELDS = (
     "restart_count",
     "restart_failures",
 )
-_TIME_FIELDS = ("last_check", "last_healthy", "last_restart", "last_restart_attempt")
+_TIME_FIELDS = (
+    "last_check",
+    "last_healthy",
+    "last_restart",
+    "last_restart_attempt",
+    "paused_at",
+)
 
 
 def format_time(value: datetime | None) -> str:
@@ -72,6 +78,11 @@ def to_json(s: WorkloadStatus) -> dict[str, Any]:
         out["last_restart_attempt"] = format_time(s.last_restart_attempt)
     if s.last_check_duration is not None:
         out["last_check_duration_seconds"] = round(s.last_check_duration, 6)
+    if s.paused:
+        out["paused"] = True
+        out["paused_at"] = format_time(s.paused_at)
+        if s.paused_reason:
+            out["paused_reason"] = s.paused_reason
     return out
 
 
@@ -87,16 +98,21 @@ def from_json(obj: Any) -> WorkloadStatus | None:
             setattr(s, name, value)
     for name in _TIME_FIELDS:
         setattr(s, name, parse_time(obj.get(name)))
-    for name in ("last_error", "address", "address_source", "last_restart_error"):
+    for name in ("last_error", "address", "address_source", "last_restart_error", "paused_reason"):
         if isinstance(obj.get(name), str):
             setattr(s, name, obj[name])
     duration = obj.get("last_check_duration_seconds")
     if isinstance(duration, int | float) and not isinstance(duration, bool):
         s.last_check_duration = float(duration)
+    s.paused = obj.get("paused") is True
     try:
         s.state = State(obj["state"])
+        if s.state is State.PAUSED:  # a shown state, not the machine's: derive that
+            s.paused = True
+            raise ValueError(s.state)
     except (KeyError, ValueError):
         # written by the reference: derive the state from what it recorded
+        s.state = State.STARTING
         if s.total_checks:
             s.state = State.HEALTHY if s.healthy else State.UNHEALTHY
     return s

@@ -1,0 +1,147 @@
+"""What the API answers, as JSON-ready data: the daemon's state read, never changed, here."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from healthd.checks import KINDS
+from healthd.engine.daemon import Daemon, ReloadReport
+from healthd.engine.history import Recorded
+from healthd.errors import Problem
+from healthd.model import CheckResult, State, WorkloadStatus
+from healthd.store.status import format_time, to_json
+
+# The daemon is "stalled" when the earliest check is this late and its timer still has not
+# fired: the loop runs (it answered) but the scheduler does not.
+STALL_SECONDS = 5.0
+
+
+def status_entry(daemon: Daemon, status: WorkloadStatus) -> dict[str, Any]:
+    """statuses.json's entry, then what only the running daemon knows."""
+    out = to_json(status)
+    out["state"] = status.shown_state.value
+    out["paused"] = status.paused
+    runner = daemon.runners.get(status.workload)
+    out["monitored"] = runner is not None
+    cfg = daemon.configs.get(status.workload)
+    out["type"] = cfg.type if cfg is not None else None
+    if runner is None:
+        out["auto_restart"] = False
+        out["restart_budget_left"] = None
+        out["next_restart_at"] = None
+        return out
+    policy = runner.policy
+    out["auto_restart"] = policy.settings.auto_restart
+    out["restart_budget_left"] = policy.budget_left()
+    due = policy.next_restart_at()
+    if due is None or not policy.settings.auto_restart:
+        out["next_restart_at"] = None
+    else:
+        wait = due - daemon.clock.monotonic()
+        out["next_restart_at"] = format_time(
+            datetime.fromtimestamp(time.time() + max(0.0, wait), UTC)
+        )
+    return out
+
+
+def all_statuses(daemon: Daemon) -> dict[str, Any]:
+    entries = [status_entry(daemon, daemon.statuses[n]) for n in sorted(daemon.statuses)]
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry["state"]] = counts.get(entry["state"], 0) + 1
+    return {"counts": counts, "workloads": entries}
+
+
+def problem_json(problem: Problem) -> dict[str, Any]:
+    return {
+        "file": problem.file,
+        "line": problem.line,
+        "field": problem.field,
+        "reason": problem.reason,
+        "message": str(problem),
+    }
+
+
+def workloads(daemon: Daemon) -> dict[str, Any]:
+    configs = []
+    for name in sorted(daemon.configs):
+        cfg = daemon.configs[name].with_defaults()
+        entry = cfg.to_yaml_mapping()
+        entry["interval_seconds"] = cfg.interval
+        entry["timeout_seconds"] = cfg.timeout
+        entry["restart_delay_seconds"] = cfg.restart_delay
+        entry["checks"] = KINDS[cfg.type].describe(cfg, cfg.host or "")
+        configs.append(entry)
+    return {
+        "workloads": configs,
+        "config_errors": [problem_json(p) for p in daemon.loaded.problems],
+    }
+
+
+def recorded_json(item: Recorded) -> dict[str, Any]:
+    return {
+        "time": format_time(datetime.fromtimestamp(item.time, UTC)),
+        "ok": item.ok,
+        "duration_seconds": round(item.duration, 6),
+        "error": item.error,
+    }
+
+
+def history(daemon: Daemon, name: str, limit: int) -> dict[str, Any]:
+    kept = daemon.histories.get(name)
+    results = kept.recent(limit) if kept is not None else []
+    return {"workload": name, "results": [recorded_json(r) for r in results]}
+
+
+def check_result(daemon: Daemon, name: str, result: CheckResult) -> dict[str, Any]:
+    status = daemon.statuses.get(name)
+    return {
+        "workload": name,
+        "ok": result.ok,
+        "duration_seconds": round(result.duration, 6),
+        "error": result.error,
+        "state": status.shown_state.value if status is not None else State.STARTING.value,
+    }
+
+
+def reload_report(report: ReloadReport) -> dict[str, Any]:
+    return {
+        "ok": not report.problems,
+        "added": report.added,
+        "removed": report.removed,
+        "changed": report.changed,
+        "kept": report.kept,
+        "unchanged": report.unchanged,
+        "config_errors": [problem_json(p) for p in report.problems],
+    }
+
+
+def daemon_health(daemon: Daemon, now: float) -> tuple[bool, dict[str, Any]]:
+    """(healthy, details) for /healthz: alive and on time."""
+    scheduler = daemon.scheduler
+    overdue = scheduler.wheel.overdue(now)
+    if not daemon.started.is_set():
+        state = "starting"
+    elif daemon.stopping:
+        state = "stopping"
+    elif overdue > STALL_SECONDS:
+        state = "stalled"
+    elif scheduler.behind:
+        state = "behind"
+    else:
+        state = "ok"
+    return state == "ok", {
+        "status": state,
+        "workloads": len(daemon.statuses),
+        "monitored": len(daemon.runners),
+        "checks_total": scheduler.checks_total,
+        "scheduler": {
+            "behind": scheduler.behind,
+            "overdue_seconds": round(overdue, 3),
+            "busy": scheduler.busy,
+            "queued": sum(len(g.waiting) for g in scheduler.gates.values()),
+        },
+        "started_at": format_time(daemon.started_at),
+    }

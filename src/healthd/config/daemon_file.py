@@ -1,0 +1,189 @@
+"""The daemon config file (``--daemon-config``, default /etc/volt/healthd.yaml).
+
+It configures healthd itself, not a workload, so it lives outside the workload directory.
+Strict like the workload files: an unknown key or a bad value is a ``FILE:LINE: key: reason``
+problem and the daemon does not start on it. A missing default file means all defaults; a
+file named on the command line must exist.
+
+    api:
+      listen: 127.0.0.1:9780       # HTTP API; "" turns the TCP listener off
+      socket: /run/healthd.sock    # also a Unix socket (mode 0660); off when not set
+      token_file: /etc/volt/healthd.token   # bearer token for mutating calls (mode 0600)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from healthd.errors import ConfigError, Problem
+
+DEFAULT_DAEMON_CONFIG = Path("/etc/volt/healthd.yaml")
+DEFAULT_LISTEN = "127.0.0.1:9780"
+_NULL = "tag:yaml.org,2002:null"
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to anything
+
+
+def parse_listen(text: str) -> ListenAddress | None:
+    """``host:port`` or ``[v6]:port``; "" means no TCP listener. Raises ValueError."""
+    text = text.strip()
+    if not text:
+        return None
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9780")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: put an IPv6 address in brackets, e.g. [::1]:9780")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    if any(c.isspace() for c in host):
+        raise ValueError(f"{text!r}: the host has spaces")
+    return ListenAddress(host, int(port_text))
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    listen: ListenAddress | None = field(default_factory=lambda: parse_listen(DEFAULT_LISTEN))
+    socket: Path | None = None
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DaemonFile:
+    """What the daemon config file says (defaults where it says nothing)."""
+
+    path: Path | None = None  # None: no file was read
+    api: ApiSettings = field(default_factory=ApiSettings)
+
+
+class _Invalid(ValueError):
+    pass
+
+
+def _string(node: yaml.Node) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise _Invalid("expected a single value")
+    return "" if node.tag == _NULL else str(node.value)
+
+
+def _listen(node: yaml.Node) -> ListenAddress | None:
+    try:
+        return parse_listen(_string(node))
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+
+
+def _path(node: yaml.Node) -> Path | None:
+    text = _string(node)
+    if not text:
+        return None
+    if not text.startswith("/"):
+        raise _Invalid(f"{text!r}: use an absolute path")
+    return Path(text)
+
+
+_API_KEYS: dict[str, Callable[[yaml.Node], Any]] = {
+    "listen": _listen,
+    "socket": _path,
+    "token_file": _path,
+}
+
+
+def load_daemon_file(path: Path, *, required: bool) -> DaemonFile:
+    """Read ``path``; raises ConfigError with every problem found."""
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if required:
+            raise ConfigError([Problem(file, 0, "", "daemon config file does not exist")]) from None
+        return DaemonFile()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(file, 0, "", f"cannot read: {exc}")]) from None
+    return parse_daemon_file(text, path)
+
+
+def parse_daemon_file(text: str, path: Path) -> DaemonFile:
+    file = str(path)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError(
+            [Problem(file, mark.line + 1 if mark else 0, "", f"YAML syntax error: {reason}")]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(file, 0, "", f"YAML error: {exc}")]) from None
+    if root is None:
+        return DaemonFile(path=path)
+    problems: list[Problem] = []
+    api: dict[str, Any] = {}
+    for key, value, line in _items(root, file, "", problems):
+        if key != "api":
+            problems.append(Problem(file, line, key, "unknown key (known: api)"))
+            continue
+        for sub, node, sub_line in _items(value, file, "api", problems):
+            convert = _API_KEYS.get(sub)
+            if convert is None:
+                known = ", ".join(_API_KEYS)
+                problems.append(Problem(file, sub_line, f"api.{sub}", f"unknown key ({known})"))
+                continue
+            try:
+                api[sub] = convert(node)
+            except _Invalid as exc:
+                problems.append(Problem(file, node.start_mark.line + 1, f"api.{sub}", str(exc)))
+    if problems:
+        raise ConfigError(problems)
+    return DaemonFile(path=path, api=ApiSettings(**api))
+
+
+def _items(
+    node: yaml.Node, file: str, where: str, problems: list[Problem]
+) -> list[tuple[str, yaml.Node, int]]:
+    """(key, value node, line) of a mapping node; a problem if it is not one."""
+    if isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
+        return []
+    if not isinstance(node, yaml.MappingNode):
+        problems.append(
+            Problem(file, node.start_mark.line + 1, where, "expected a mapping of keys to values")
+        )
+        return []
+    out = []
+    seen: set[str] = set()
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else ""
+        name = f"{where}.{key}" if where else key
+        if not key:
+            problems.append(Problem(file, line, where, "keys must be plain names"))
+        elif key in seen:
+            problems.append(Problem(file, line, name, "duplicate key"))
+        else:
+            seen.add(key)
+            out.append((key, value_node, line))
+    return out
