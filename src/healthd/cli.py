@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from healthd import __version__, durations
 from healthd.checks import KINDS, run_check
+from healthd.client import ApiCallError, ApiClient, NotRunning, candidates, running_daemon
 from healthd.config import editor
 from healthd.config.daemon import DaemonSettings, default_config_dir, default_status_dir
 from healthd.config.daemon_file import (
@@ -29,9 +31,10 @@ from healthd.config.daemon_file import (
 )
 from healthd.config.loader import load_dir
 from healthd.config.workload import WorkloadConfig
-from healthd.engine.daemon import DAEMON_FILENAME, Daemon
+from healthd.engine.daemon import Daemon
 from healthd.engine.lag import BOUNDS as LAG_BOUNDS
 from healthd.engine.lag import quantile
+from healthd.engine.persist import DAEMON_FILENAME
 from healthd.errors import ConfigError, DurationError, HealthdError, StatusFileError
 from healthd.events import EventBus, LogSink
 from healthd.logs import make_logger
@@ -139,15 +142,48 @@ def build_parser() -> argparse.ArgumentParser:
     config_dir(ls)
     ls.add_argument("--json", action="store_true")
 
-    status = sub.add_parser("status", help="show saved status (statuses.json)")
+    def api_client(p: argparse.ArgumentParser) -> None:
+        status_dir(p)
+        daemon_config(p)
+        p.add_argument(
+            "--api",
+            default=None,
+            metavar="URL|SOCKET",
+            help="the daemon's API (default: where daemon.json or the daemon config says)",
+        )
+        p.add_argument(
+            "--token-file",
+            type=Path,
+            default=None,
+            help="API token for changes (default: api.token_file; root on the socket needs none)",
+        )
+
+    status = sub.add_parser(
+        "status", help="ask the running daemon (or read statuses.json when it does not run)"
+    )
     config_dir(status)
-    status_dir(status)
+    api_client(status)
     status.add_argument("workload", nargs="?")
     status.add_argument("--json", action="store_true")
 
-    check = sub.add_parser("check", help="run one workload's check now")
+    check = sub.add_parser(
+        "check", help="run one workload's check now (through the daemon when it runs)"
+    )
     config_dir(check)
+    api_client(check)
     check.add_argument("workload")
+
+    pause = sub.add_parser("pause", help="maintenance: keep checking WORKLOAD, never restart it")
+    api_client(pause)
+    pause.add_argument("workload")
+    pause.add_argument("--reason", default="", help="why, shown in the status")
+
+    resume = sub.add_parser("resume", help="end the maintenance of WORKLOAD")
+    api_client(resume)
+    resume.add_argument("workload")
+
+    reload = sub.add_parser("reload", help="make the running daemon re-read the config dir")
+    api_client(reload)
 
     demo = sub.add_parser("demo", help="watch real local workloads break and be restarted")
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (default: 30)")
@@ -308,7 +344,69 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return OK
 
 
+def client_for(args: argparse.Namespace, *, changes: bool) -> ApiClient:
+    """A client for the daemon's API; the token is read only for calls that change things."""
+    daemon_file = read_daemon_file(args)
+    token = None
+    token_file = args.token_file or daemon_file.api.token_file
+    if changes and token_file is not None:
+        from healthd.api.auth import TokenFileError, read_token  # noqa: PLC0415
+
+        try:
+            token = read_token(token_file).decode("ascii")
+        except TokenFileError:
+            if args.token_file is not None:
+                raise
+            # Not ours to read (not root): root on the socket needs none, else the call says.
+    return ApiClient(candidates(args.api, args.status_dir, daemon_file), token)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    client = client_for(args, changes=False)
+    path = f"/v1/status/{quote(args.workload, safe='')}" if args.workload else "/v1/status"
+    try:
+        answer = client.call("GET", path)
+    except ApiCallError as exc:
+        print(f"healthd: {exc}", file=sys.stderr)
+        return PROBLEM
+    except NotRunning as exc:
+        print(
+            f"healthd: the daemon is not running ({exc}); showing the saved statuses.json",
+            file=sys.stderr,
+        )
+        return saved_status(args)
+    entries = [answer] if args.workload else answer["workloads"]
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return OK
+    now = datetime.now(UTC)
+    print_statuses([(e, parse_time(e.get("last_check"))) for e in entries], now)
+    if not args.workload:
+        line = daemon_line(args.status_dir / DAEMON_FILENAME, now)
+        if line:
+            print(f"\n{line}")
+    return OK
+
+
+def print_statuses(rows_in: list[tuple[dict[str, Any], datetime | None]], now: datetime) -> None:
+    rows = [["WORKLOAD", "STATE", "LAST CHECK", "FAILS", "CHECKS", "RESTARTS", "LAST ERROR"]]
+    for e, last_check in rows_in:
+        rows.append(
+            [
+                str(e["workload"]),
+                str(e["state"]),
+                ago(last_check, now),
+                f"{e['consecutive_fails']}/{e['total_fails']}",
+                str(e["total_checks"]),
+                str(e["restart_count"]),
+                str(e.get("last_error", ""))[:60],
+            ]
+        )
+    print_table(rows)
+
+
+def saved_status(args: argparse.Namespace) -> int:
+    """``healthd status`` without a daemon: what statuses.json and the config dir say."""
     try:
         statuses = StatusStore(args.status_dir).read()
     except StatusFileError as exc:
@@ -326,25 +424,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             return PROBLEM
         statuses = {args.workload: statuses[args.workload]}
     ordered = sorted(statuses.values(), key=lambda s: s.workload)
-    if args.json:
-        body: Any = [to_json(s) for s in ordered]
-        print(json.dumps(body[0] if args.workload else body, indent=2))
-        return OK
-    rows = [["WORKLOAD", "STATE", "LAST CHECK", "FAILS", "CHECKS", "RESTARTS", "LAST ERROR"]]
-    now = datetime.now(UTC)
+    entries = []
     for s in ordered:
-        rows.append(
-            [
-                s.workload,
-                s.state.value,
-                ago(s.last_check, now),
-                f"{s.consecutive_fails}/{s.total_fails}",
-                str(s.total_checks),
-                str(s.restart_count),
-                s.last_error[:60],
-            ]
-        )
-    print_table(rows)
+        entry = to_json(s)
+        entry["state"] = s.shown_state.value
+        entries.append(entry)
+    if args.json:
+        print(json.dumps(entries[0] if args.workload else entries, indent=2))
+        return OK
+    now = datetime.now(UTC)
+    print_statuses([(e, s.last_check) for e, s in zip(entries, ordered, strict=True)], now)
     if not args.workload:
         line = daemon_line(args.status_dir / DAEMON_FILENAME, now)
         if line:
@@ -376,6 +465,90 @@ def daemon_line(path: Path, now: datetime) -> str | None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    client = client_for(args, changes=True)
+    try:
+        answer = client.call("POST", f"/v1/workloads/{quote(args.workload, safe='')}/check")
+    except NotRunning:
+        print("note: the daemon is not running; checking from here", file=sys.stderr)
+        return check_here(args)
+    except ApiCallError as exc:
+        print(f"healthd: {exc}", file=sys.stderr)
+        return PROBLEM
+    took = f"{answer['duration_seconds'] * 1000:.1f} ms"
+    verdict = "healthy" if answer["ok"] else f"unhealthy: {answer['error']}"
+    print(f"{args.workload}: {verdict} ({took}); state {answer['state']}")
+    return OK if answer["ok"] else PROBLEM
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    body = {"reason": args.reason} if args.reason else None
+    return change(args, "pause", body)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return change(args, "resume", None)
+
+
+def change(args: argparse.Namespace, action: str, body: dict[str, Any] | None) -> int:
+    """Pause or resume through the daemon; with no daemon running, in statuses.json, where
+    the daemon finds it at its next start."""
+    client = client_for(args, changes=True)
+    try:
+        answer = client.call(
+            "POST", f"/v1/workloads/{quote(args.workload, safe='')}/{action}", body
+        )
+    except ApiCallError as exc:
+        print(f"healthd: {exc}", file=sys.stderr)
+        return PROBLEM
+    except NotRunning as exc:
+        pid, _ = running_daemon(args.status_dir)
+        if pid is not None:  # it runs but cannot be reached: writing the file would be lost
+            raise HealthdError(
+                f"the daemon (pid {pid}) runs but its API does not answer: {exc}"
+            ) from None
+        return change_saved(args, action == "pause")
+    print(f"{args.workload}: {answer['state']}")
+    return OK
+
+
+def change_saved(args: argparse.Namespace, paused: bool) -> int:
+    store = StatusStore(args.status_dir)
+    statuses = store.read()
+    status = statuses.get(args.workload)
+    if status is None:
+        print(f"healthd: no status for workload {args.workload!r} in {store.path}", file=sys.stderr)
+        return PROBLEM
+    status.paused = paused
+    status.paused_at = datetime.now(UTC) if paused else None
+    status.paused_reason = args.reason if paused else ""
+    store.write(statuses.values())
+    state = "paused" if paused else "resumed"
+    print(
+        f"{args.workload}: {state} in {store.path} (the daemon is not running; it applies at start)"
+    )
+    return OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    client = client_for(args, changes=True)
+    try:
+        report = client.call("POST", "/-/reload")
+    except NotRunning as exc:
+        print(f"healthd: the daemon is not running: {exc}", file=sys.stderr)
+        return PROBLEM
+    except ApiCallError as exc:
+        print(f"healthd: {exc}", file=sys.stderr)
+        return PROBLEM
+    for key in ("added", "changed", "removed", "kept"):
+        if report[key]:
+            print(f"{key}: {', '.join(report[key])}")
+    print(f"unchanged: {report['unchanged']}")
+    for problem in report["config_errors"]:
+        print(f"config error: {problem['message']}", file=sys.stderr)
+    return OK if report["ok"] else PROBLEM
+
+
+def check_here(args: argparse.Namespace) -> int:
     cfg, problems = editor.find(args.config_dir, args.workload)
     if cfg is None:
         for problem in problems:
@@ -419,6 +592,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ls": cmd_ls,
     "status": cmd_status,
     "check": cmd_check,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "reload": cmd_reload,
     "demo": cmd_demo,
 }
 

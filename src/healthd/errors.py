@@ -7,7 +7,13 @@ Only ``cli.py`` turns them into exit codes; library code raises, never exits.
     ├── ConfigError          one or more problems in workload files; carries ``problems``
     ├── WorkloadNameError    a workload name that could escape a directory or is malformed
     ├── StatusFileError      statuses.json cannot be read or parsed
-    └── RestartError         a restart command failed, timed out or could not start
+    ├── RestartError         a restart command failed, timed out or could not start
+    ├── UnknownWorkload      no workload of that name (API: 404)
+    ├── NotMonitored         configured but not checked now: disabled or broken (API: 409)
+    ├── TokenFileError       the API token file is missing, loose or malformed (api/auth.py)
+    ├── ApiStartError        the API cannot listen with its settings (api/service.py)
+    ├── NotRunning           the CLI finds no daemon to ask (client.py)
+    └── ApiCallError         the daemon answered the CLI with an error (client.py)
 """
 
 from __future__ import annotations
@@ -56,3 +62,20 @@ class StatusFileError(HealthdError):
 
 class RestartError(HealthdError):
     """A restart attempt that did not succeed."""
+
+
+class UnknownWorkload(HealthdError, LookupError):
+    """No workload of that name is configured."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no workload named {name!r}")
+        self.name = name
+
+
+class NotMonitored(HealthdError):
+    """The workload is configured but not checked now (disabled, or its file is broken)."""
+
+    def __init__(self, name: str, state: str) -> None:
+        super().__init__(f"workload {name!r} is not monitored now (state {state})")
+        self.name = name
+        self.state = state

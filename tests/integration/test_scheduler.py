@@ -23,8 +23,9 @@ from typing import Any
 from healthd.config import editor
 from healthd.config.daemon import DaemonSettings
 from healthd.config.workload import WorkloadConfig
-from healthd.engine.daemon import DAEMON_FILENAME, Daemon
+from healthd.engine.daemon import Daemon
 from healthd.engine.lag import BOUNDS
+from healthd.engine.persist import DAEMON_FILENAME
 from healthd.events import EventBus
 from healthd.logs import make_logger
 from healthd.model import EventType, State

@@ -16,15 +16,17 @@ from healthd.api import views
 from healthd.api.auth import Authorizer
 from healthd.api.http import HttpError, Request, Response, json_response
 from healthd.api.openapi import document as openapi_document
-from healthd.engine.daemon import Daemon, NotMonitored, UnknownWorkload
+from healthd.engine.daemon import Daemon
 from healthd.engine.history import HISTORY_SIZE
-from healthd.engine.scheduler import WorkloadRunner
+from healthd.engine.runner import WorkloadRunner
+from healthd.errors import NotMonitored, UnknownWorkload
 
 Route = Callable[[Request, str], Awaitable[Response]]
 MAX_REASON = 500  # characters of a pause reason
 # A "check now" waits at most this long beyond the workload's own timeout (an exec check may
 # first wait for a slot when the host is overloaded).
 CHECK_GRACE = 30.0
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 @dataclass(frozen=True)
@@ -178,16 +180,19 @@ def _int_param(request: Request, key: str, default: int, low: int, high: int) ->
     if not values:
         return default
     text = values[-1]
-    if not text.isdigit() or not low <= int(text) <= high:
+    # ASCII digits only, and few of them: str.isdigit() also takes "²" (int() refuses it) and
+    # int() refuses more than 4300 digits; either would be a 500 instead of a 400.
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise HttpError(400, f"{key} must be a whole number from {low} to {high}, not {text!r}")
     return int(text)
 
 
 def _object_body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    """The JSON body: nothing, or an object with only ``allowed`` keys."""
-    body = request.json()
-    if body is None:
+    """The JSON body: none at all, or an object with only ``allowed`` keys. ``null`` or bare
+    whitespace is a body, and not an object."""
+    if not request.body:
         return {}
+    body = request.json()
     if not isinstance(body, dict):
         raise HttpError(400, "the request body must be a JSON object")
     unknown = sorted(set(body) - allowed)

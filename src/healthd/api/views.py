@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from healthd.checks import KINDS
-from healthd.engine.daemon import Daemon, ReloadReport
+from healthd.engine.daemon import Daemon
 from healthd.engine.history import Recorded
+from healthd.engine.reload import ReloadReport
 from healthd.errors import Problem
 from healthd.model import CheckResult, State, WorkloadStatus
 from healthd.store.status import format_time, to_json

@@ -4,9 +4,8 @@ Stopping: the first request stops scheduling and lets checks and restarts in fli
 within ``stop_grace``; a second request (or the grace running out) cancels them. Status is then
 saved one last time.
 
-Saving: statuses.json is rewritten on every state change (coalesced) and every flush interval
-while anything changed, re-encoding only the entries that changed; daemon.json beside it
-says how the scheduler keeps up (lag histogram, checks run, whether it is behind).
+Operations for the API and CLI: pause and resume (maintenance), check now, reload (SIGHUP
+too; what changes is planned in ``reload.py``). Saving is ``persist.py``'s.
 """
 
 from __future__ import annotations
@@ -14,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import os
 import resource
 import signal
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,15 +25,17 @@ from healthd.config.daemon import DaemonSettings
 from healthd.config.loader import LoadResult, load_dir
 from healthd.config.workload import WorkloadConfig
 from healthd.engine.history import CheckHistory
+from healthd.engine.persist import StatusWriter
 from healthd.engine.policy import PolicySettings, WorkloadPolicy
-from healthd.engine.scheduler import Scheduler, Uniform, WorkloadRunner
-from healthd.errors import HealthdError, Problem, StatusFileError
+from healthd.engine.reload import ReloadReport, broken_names, plan_reload
+from healthd.engine.runner import WorkloadRunner
+from healthd.engine.scheduler import Scheduler, Uniform
+from healthd.errors import NotMonitored, StatusFileError, UnknownWorkload
 from healthd.events import EventBus
 from healthd.logs import Logger
 from healthd.model import CheckResult, Clock, State, SystemClock, WorkloadStatus
 from healthd.resolve import MachinectlResolver, Resolver
-from healthd.store.atomic import write_atomic
-from healthd.store.status import StatusEncoder, StatusStore, format_time
+from healthd.store.status import StatusStore, format_time
 
 
 class Daemon:
@@ -75,13 +73,14 @@ class Daemon:
         self.started_at = datetime.now(UTC)
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self._save_now = asyncio.Event()
-        self._changed_names: set[str] = set()
-        self._encoder = StatusEncoder()
-        self._encoded_all = False
-        self._write_lock = threading.Lock()
-        self._snapshots = 0  # numbers snapshots, so an older one never overwrites a newer one
-        self._written = 0
+        self.writer = StatusWriter(
+            self.statuses,
+            self.store,
+            summary=self.summary,
+            log=log,
+            flush_interval=settings.status_flush_interval,
+            on_tick=self.scheduler.review,
+        )
         self.histories: dict[str, CheckHistory] = {}
         self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[object]] = set()
@@ -142,8 +141,8 @@ class Daemon:
         # and again (at thousands of workloads a full collection takes milliseconds).
         gc.freeze()
         self.scheduler.start(self.settings.first_check_within)
-        writer = asyncio.create_task(self._write_statuses(), name="status-writer")
-        self._save_sync()
+        writer = asyncio.create_task(self.writer.run(), name="status-writer")
+        self.writer.save_sync()
         self.log.info(
             "daemon_started",
             workloads=len(self.runners),
@@ -164,7 +163,7 @@ class Daemon:
             await asyncio.gather(writer, return_exceptions=True)
             for runner in self.runners.values():
                 runner.probe.close()
-            self._save_sync()
+            self.writer.save_sync()
             self.log.info("daemon_stopped")
 
     def load(self) -> None:
@@ -255,7 +254,7 @@ class Daemon:
         status = self.statuses.get(name)
         if status is None:
             raise UnknownWorkload(name)
-        raise NotMonitored(name, status.state)
+        raise NotMonitored(name, status.state.value)
 
     def pause(self, name: str, reason: str = "") -> WorkloadStatus:
         runner = self.runner(name)
@@ -299,52 +298,39 @@ class Daemon:
         return report
 
     def _apply(self, loaded: LoadResult) -> ReloadReport:
-        report = ReloadReport(problems=list(loaded.problems))
         loaded.files.clear()
-        if self._dir_unreadable(loaded):
-            report.kept = sorted(self.configs)
-            self.loaded.problems = list(loaded.problems)
+        dir_unreadable = self._dir_unreadable(loaded)
+        report = plan_reload(self.configs, loaded, dir_unreadable=dir_unreadable)
+        self.loaded.problems = list(loaded.problems)
+        if dir_unreadable:
             return report
-        broken = broken_names(loaded)
         new_runners: list[WorkloadRunner] = []
-        retired: list[str] = []
-        for name, cfg in loaded.configs.items():
-            old = self.configs.get(name)
-            if old == cfg:
-                report.unchanged += 1
-                continue
-            (report.added if old is None else report.changed).append(name)
+        for name in (*report.added, *report.changed):
+            cfg = loaded.configs[name]
             status = self.statuses.get(name)
-            if status is None or old is None:
-                status = status or WorkloadStatus(workload=name)
-                if status.state is State.CONFIG_ERROR:
-                    status.state = State.STARTING
-                self.statuses[name] = status
+            if status is None:
+                status = self.statuses[name] = WorkloadStatus(workload=name)
+            elif status.state is State.CONFIG_ERROR:
+                status.state = State.STARTING
             old_runner = self.runners.get(name)
-            if old_runner is not None:
-                retired.append(name)
             self.configs[name] = cfg
-            runner = self._runner_for(
-                cfg, status, old_runner.policy if old_runner is not None else None
-            )
+            runner = self._runner_for(cfg, status, old_runner.policy if old_runner else None)
             if runner is not None:
                 new_runners.append(runner)
             self._changed(name, True)
-        for name in list(self.configs):
-            if name in loaded.configs:
-                continue
-            if name in broken:
-                report.kept.append(name)
-                continue
-            report.removed.append(name)
-            retired.append(name)
+        broken = broken_names(loaded)
+        for name in report.removed:
             del self.configs[name]
-            self.statuses.pop(name, None)
+        for name in [n for n in self.statuses if n not in self.configs and n not in broken]:
+            del self.statuses[name]  # removed now, or left broken at start and now gone
             self.histories.pop(name, None)
-        self.scheduler.replace(new_runners, retired, self.settings.first_check_within)
+        self.scheduler.replace(
+            new_runners,
+            [*report.changed, *report.removed],
+            self.settings.first_check_within,
+        )
         self.loaded.configs = dict(self.configs)
-        self.loaded.problems = list(loaded.problems)
-        self._save_now.set()
+        self.writer.save_soon()
         return report
 
     async def _drain(self) -> None:
@@ -368,56 +354,11 @@ class Daemon:
     # -- status persistence ---------------------------------------------------------------
 
     def _changed(self, workload: str, urgent: bool) -> None:
-        self._changed_names.add(workload)
-        if urgent:
-            self._save_now.set()
+        self.writer.changed(workload, urgent)
 
-    async def _write_statuses(self) -> None:
-        """Save on every state change (coalesced) and every flush interval while dirty."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.settings.status_flush_interval):
-                    await self._save_now.wait()
-            self._save_now.clear()
-            self.scheduler.review()
-            if not self._changed_names and self._encoded_all:
-                continue
-            data = await self._encode_in_slices()
-            summary = self._daemon_summary()
-            try:
-                await asyncio.to_thread(self._write_files, self._snapshots, data, summary)
-            except OSError as exc:
-                self._encoded_all = False  # what failed to save is saved at the next tick
-                self.log.error("status_save_failed", path=str(self.store.path), error=str(exc))
-            del data, summary  # the whole file, held until the next flush otherwise
-
-    async def _encode_in_slices(self) -> bytes:
-        """Encode what changed a slice at a time, letting checks run in between: at 10,000
-        workloads encoding everything at once would hold the loop for ~100 ms. Each entry is
-        consistent; entries may be some milliseconds apart."""
-        names = self._take_changed()
-        for start in range(0, len(names), _ENCODE_SLICE):
-            self._encoder.update(self.statuses, names[start : start + _ENCODE_SLICE])
-            await asyncio.sleep(0)
-        self._encoded_all = True
-        return self._encoder.render(self.statuses)
-
-    def _encode(self) -> bytes:
-        """All that changed at once (start and stop, when no check is waiting for the loop)."""
-        self._encoder.update(self.statuses, self._take_changed())
-        self._encoded_all = True
-        return self._encoder.render(self.statuses)
-
-    def _take_changed(self) -> list[str]:
-        """The workloads to encode for a new snapshot: those changed, or all after a gap."""
-        self._snapshots += 1
-        names = list(self._changed_names if self._encoded_all else self.statuses)
-        self._changed_names = set()
-        self._encoded_all = False  # until every name is in (a cancelled writer leaves gaps)
-        return names
-
-    def _daemon_summary(self) -> bytes:
-        summary = {
+    def summary(self) -> dict[str, object]:
+        """daemon.json: how the daemon keeps up, and where its API listens."""
+        return {
             "pid": os.getpid(),
             "started_at": format_time(self.started_at),
             "updated_at": format_time(datetime.now(UTC)),
@@ -426,57 +367,6 @@ class Daemon:
             "scheduler": self.scheduler.to_json(),
             "api": self.api_endpoints,
         }
-        return json.dumps(summary, indent=1).encode() + b"\n"
-
-    def _write_files(self, snapshot: int, statuses: bytes, summary: bytes) -> None:
-        with self._write_lock:
-            if snapshot < self._written:
-                return  # a writer thread outlived its task; the final save is newer
-            self.store.write_bytes(statuses)
-            write_atomic(self.settings.status_dir / DAEMON_FILENAME, summary)
-            self._written = snapshot
-
-    def _save_sync(self) -> None:
-        try:
-            data = self._encode()
-            self._write_files(self._snapshots, data, self._daemon_summary())
-        except OSError as exc:
-            self.log.error("status_save_failed", path=str(self.store.path), error=str(exc))
-
-
-DAEMON_FILENAME = "daemon.json"
-
-
-class UnknownWorkload(HealthdError, LookupError):
-    """No workload of that name is configured."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"no workload named {name!r}")
-        self.name = name
-
-
-class NotMonitored(HealthdError):
-    """The workload is configured but not checked now (disabled, or its file is broken)."""
-
-    def __init__(self, name: str, state: State) -> None:
-        super().__init__(f"workload {name!r} is not monitored now (state {state.value})")
-        self.name = name
-        self.state = state
-
-
-@dataclass
-class ReloadReport:
-    added: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # its new file is broken: old config runs
-    unchanged: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-
-def broken_names(loaded: LoadResult) -> set[str]:
-    """Workloads whose file did not load (named after the file)."""
-    return {Path(p.file).name.rsplit(".", 1)[0] for p in loaded.problems}
 
 
 def _ignore_outcome(future: asyncio.Future[CheckResult]) -> None:
