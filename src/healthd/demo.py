@@ -3,8 +3,9 @@
 Three services start in a temporary directory: ``web`` (HTTP), ``cache`` (TCP) and
 ``payments`` (HTTP), which crashes after a few seconds. The daemon notices, marks it unhealthy,
 runs its restart command and sees it healthy again. A live view shows states and events; at
-the end everything started is stopped and the directory removed. Exit status 0 when the story
-happened (payments broke, was restarted, and proved healthy), 1 otherwise.
+the end the demo asks the daemon's real API what a monitoring system would see, then stops
+everything it started and removes the directory. Exit status 0 when the story happened
+(payments broke, was restarted, proved healthy, and the API and /metrics say so), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -17,13 +18,17 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 from healthd import demo_services
+from healthd.api.service import ApiService
+from healthd.client import ApiClient, Endpoint
 from healthd.config import editor
 from healthd.config.daemon import DaemonSettings
+from healthd.config.daemon_file import ApiSettings, ListenAddress
 from healthd.config.workload import WorkloadConfig
 from healthd.engine.daemon import Daemon
 from healthd.events import EventBus, LogSink
@@ -165,18 +170,47 @@ async def _run(work: Path, duration: float, out: TextIO, log_file: TextIO) -> bo
         f"after {CRASH_AFTER:.0f}s) for {duration:.0f}s; work dir {work}",
         file=out,
     )
+    api = ApiService(daemon, ApiSettings(listen=ListenAddress("127.0.0.1", 0)), log)
+    await api.start()
+    print(f"the API: http://{api.endpoints['listen']}/v1/status", file=out)
     task = asyncio.create_task(daemon.run())
     # A closed terminal (SIGHUP) must still stop the services the demo started.
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, daemon.request_stop)
-    with daemon.capture_signals():
-        deadline = time.monotonic() + duration
-        while time.monotonic() < deadline and not task.done():
-            view.paint(deadline - time.monotonic())
-            await asyncio.sleep(0.5)
-        daemon.request_stop()
-        await task
-    view.paint(0)
-    return story.complete()
+    try:
+        with daemon.capture_signals(hangup_reloads=False):
+            deadline = time.monotonic() + duration
+            while time.monotonic() < deadline and not task.done():
+                view.paint(deadline - time.monotonic())
+                await asyncio.sleep(0.5)
+            view.paint(0)
+            api_agrees = await asyncio.to_thread(ask_the_api, api.endpoints["listen"], out)
+            daemon.request_stop()
+            await task
+    finally:
+        await api.close()
+    return story.complete() and api_agrees
+
+
+def ask_the_api(address: str, out: TextIO) -> bool:
+    """What a monitoring system would see now, through the real API: payments healthy."""
+    client = ApiClient([Endpoint(address, unix=False)])
+    status = client.call("GET", "/v1/status/payments")
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    up = next(
+        (
+            line.rsplit(" ", 1)[1]
+            for line in metrics.splitlines()
+            if line.startswith('healthd_workload_up{workload="payments"}')
+        ),
+        "missing",
+    )
+    print(
+        f"the API says: payments {status['state']}, {status['restart_count']} restart(s); "
+        f'/metrics: healthd_workload_up{{workload="payments"}} {up}',
+        file=out,
+    )
+    return bool(status["state"] == "healthy" and up == "1.0")
 
 
 def run_demo(duration: float = 30.0, out: TextIO | None = None) -> int:

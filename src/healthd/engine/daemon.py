@@ -104,17 +104,19 @@ class Daemon:
         self._stop.set()
 
     @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """SIGTERM and SIGINT call ``request_stop`` while the daemon runs; SIGHUP reloads."""
+    def capture_signals(self, *, hangup_reloads: bool = True) -> Iterator[None]:
+        """SIGTERM and SIGINT call ``request_stop`` while the daemon runs; SIGHUP reloads
+        (unless ``hangup_reloads`` is false: then it is left to the caller)."""
         loop = asyncio.get_running_loop()
         signals = (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
+        if hangup_reloads:
+            loop.add_signal_handler(signal.SIGHUP, self._on_hangup)
         try:
             yield
         finally:
-            for sig in (*signals, signal.SIGHUP):
+            for sig in (*signals, *([signal.SIGHUP] if hangup_reloads else [])):
                 loop.remove_signal_handler(sig)
 
     def _on_hangup(self) -> None:
