@@ -1,4 +1,5 @@
-"""The command line: the only place that parses argv and decides exit codes.
+"""The command line: the only place that parses argv and decides exit codes (the commands
+that talk to a running daemon live in ``control.py``).
 
 Exit codes: 0 success; 1 a problem found (invalid config, unhealthy check, unknown
 workload); 2 usage or configuration error where the command could not do its job.
@@ -12,38 +13,20 @@ import json
 import shlex
 import sys
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
 
-from healthd import __version__, durations
-from healthd.checks import KINDS, run_check
-from healthd.client import ApiCallError, ApiClient, NotRunning, candidates, running_daemon
+from healthd import __version__, control, durations
+from healthd.checks import KINDS
 from healthd.config import editor
 from healthd.config.daemon import DaemonSettings, default_config_dir, default_status_dir
-from healthd.config.daemon_file import (
-    DEFAULT_DAEMON_CONFIG,
-    DEFAULT_LISTEN,
-    DaemonFile,
-    load_daemon_file,
-    parse_listen,
-)
+from healthd.config.daemon_file import DEFAULT_DAEMON_CONFIG, DEFAULT_LISTEN, parse_listen
 from healthd.config.loader import load_dir
 from healthd.config.workload import WorkloadConfig
-from healthd.engine.daemon import Daemon
-from healthd.engine.lag import BOUNDS as LAG_BOUNDS
-from healthd.engine.lag import quantile
-from healthd.engine.persist import DAEMON_FILENAME
-from healthd.errors import ConfigError, DurationError, HealthdError, StatusFileError
-from healthd.events import EventBus, LogSink
+from healthd.control import OK, PROBLEM, USAGE
+from healthd.errors import ConfigError, DurationError, HealthdError
 from healthd.logs import make_logger
 from healthd.loop import run_loop
-from healthd.model import State, WorkloadStatus
-from healthd.resolve import Address, MachinectlResolver
-from healthd.store.status import StatusStore, parse_time, to_json
-
-OK, PROBLEM, USAGE = 0, 1, 2
+from healthd.tables import print_table
 
 
 def _duration(text: str) -> float:
@@ -217,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         unit_template=args.unit_template,
         restart_timeout=args.restart_timeout,
     )
-    api = read_daemon_file(args).api
+    api = control.read_daemon_file(args).api
     if args.listen is not None:
         try:
             api = dataclasses.replace(api, listen=parse_listen(args.listen))
@@ -225,10 +208,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"healthd: --listen: {exc}", file=sys.stderr)
             return USAGE
     log = make_logger(fmt=args.log_format)
+    # The daemon's parts are loaded by the daemon only: the other commands start faster.
+    from healthd.api.service import ApiService  # noqa: PLC0415
+    from healthd.engine.daemon import Daemon  # noqa: PLC0415
+    from healthd.events import EventBus, LogSink  # noqa: PLC0415
 
     async def serve() -> None:
-        from healthd.api.service import ApiService  # noqa: PLC0415  (only the daemon serves)
-
         daemon = Daemon(settings, bus=EventBus(log, [LogSink(log)]), log=log)
         service = ApiService(daemon, api, log)
         await service.start()  # a bad API setting stops the start, before any check runs
@@ -240,12 +225,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     run_loop(serve())
     return OK
-
-
-def read_daemon_file(args: argparse.Namespace) -> DaemonFile:
-    """The daemon config file: the one named (which must exist) or the default (if any)."""
-    named = getattr(args, "daemon_config", None)
-    return load_daemon_file(named or DEFAULT_DAEMON_CONFIG, required=named is not None)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -344,240 +323,6 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return OK
 
 
-def client_for(args: argparse.Namespace, *, changes: bool) -> ApiClient:
-    """A client for the daemon's API; the token is read only for calls that change things."""
-    daemon_file = read_daemon_file(args)
-    token = None
-    token_file = args.token_file or daemon_file.api.token_file
-    if changes and token_file is not None:
-        from healthd.api.auth import TokenFileError, read_token  # noqa: PLC0415
-
-        try:
-            token = read_token(token_file).decode("ascii")
-        except TokenFileError:
-            if args.token_file is not None:
-                raise
-            # Not ours to read (not root): root on the socket needs none, else the call says.
-    return ApiClient(candidates(args.api, args.status_dir, daemon_file), token)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    client = client_for(args, changes=False)
-    path = f"/v1/status/{quote(args.workload, safe='')}" if args.workload else "/v1/status"
-    try:
-        answer = client.call("GET", path)
-    except ApiCallError as exc:
-        print(f"healthd: {exc}", file=sys.stderr)
-        return PROBLEM
-    except NotRunning as exc:
-        print(
-            f"healthd: the daemon is not running ({exc}); showing the saved statuses.json",
-            file=sys.stderr,
-        )
-        return saved_status(args)
-    entries = [answer] if args.workload else answer["workloads"]
-    if args.json:
-        print(json.dumps(answer, indent=2))
-        return OK
-    now = datetime.now(UTC)
-    print_statuses([(e, parse_time(e.get("last_check"))) for e in entries], now)
-    if not args.workload:
-        line = daemon_line(args.status_dir / DAEMON_FILENAME, now)
-        if line:
-            print(f"\n{line}")
-    return OK
-
-
-def print_statuses(rows_in: list[tuple[dict[str, Any], datetime | None]], now: datetime) -> None:
-    rows = [["WORKLOAD", "STATE", "LAST CHECK", "FAILS", "CHECKS", "RESTARTS", "LAST ERROR"]]
-    for e, last_check in rows_in:
-        rows.append(
-            [
-                str(e["workload"]),
-                str(e["state"]),
-                ago(last_check, now),
-                f"{e['consecutive_fails']}/{e['total_fails']}",
-                str(e["total_checks"]),
-                str(e["restart_count"]),
-                str(e.get("last_error", ""))[:60],
-            ]
-        )
-    print_table(rows)
-
-
-def saved_status(args: argparse.Namespace) -> int:
-    """``healthd status`` without a daemon: what statuses.json and the config dir say."""
-    try:
-        statuses = StatusStore(args.status_dir).read()
-    except StatusFileError as exc:
-        print(f"healthd: {exc}", file=sys.stderr)
-        return USAGE
-    configured = load_dir(args.config_dir).configs if args.config_dir.is_dir() else {}
-    for name, cfg in configured.items():
-        if name not in statuses:  # configured since the daemon last wrote its status
-            statuses[name] = WorkloadStatus(workload=name, state=State.STARTING)
-        if not cfg.enabled:
-            statuses[name].state = State.DISABLED
-    if args.workload:
-        if args.workload not in statuses:
-            print(f"healthd: no status for workload {args.workload!r}", file=sys.stderr)
-            return PROBLEM
-        statuses = {args.workload: statuses[args.workload]}
-    ordered = sorted(statuses.values(), key=lambda s: s.workload)
-    entries = []
-    for s in ordered:
-        entry = to_json(s)
-        entry["state"] = s.shown_state.value
-        entries.append(entry)
-    if args.json:
-        print(json.dumps(entries[0] if args.workload else entries, indent=2))
-        return OK
-    now = datetime.now(UTC)
-    print_statuses([(e, s.last_check) for e, s in zip(entries, ordered, strict=True)], now)
-    if not args.workload:
-        line = daemon_line(args.status_dir / DAEMON_FILENAME, now)
-        if line:
-            print(f"\n{line}")
-    return OK
-
-
-def daemon_line(path: Path, now: datetime) -> str | None:
-    """How the daemon keeps up, from the daemon.json it writes beside statuses.json."""
-    try:
-        summary = json.loads(path.read_bytes())
-        scheduler = summary["scheduler"]
-        counts = [int(count) for _, count in scheduler["lag_seconds_buckets"]]
-        updated = parse_time(summary["updated_at"])
-        line = (
-            f"daemon: pid {int(summary['pid'])}, updated {ago(updated, now)}; "
-            f"{int(summary['workloads'])} workloads, {int(summary['checks_total'])} checks"
-        )
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return f"daemon: {path.name} unreadable ({type(exc).__name__}: {exc})"
-    if len(counts) != len(LAG_BOUNDS) + 1 or not counts[-1]:
-        return line
-    p50, p99 = (quantile(q, counts) for q in (0.5, 0.99))
-    state = "BEHIND, checks start late" if scheduler.get("behind") else "on time"
-    lag = f"lag since start: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"
-    return f"{line}; scheduler {state} ({lag})"
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    client = client_for(args, changes=True)
-    try:
-        answer = client.call("POST", f"/v1/workloads/{quote(args.workload, safe='')}/check")
-    except NotRunning:
-        print("note: the daemon is not running; checking from here", file=sys.stderr)
-        return check_here(args)
-    except ApiCallError as exc:
-        print(f"healthd: {exc}", file=sys.stderr)
-        return PROBLEM
-    took = f"{answer['duration_seconds'] * 1000:.1f} ms"
-    verdict = "healthy" if answer["ok"] else f"unhealthy: {answer['error']}"
-    print(f"{args.workload}: {verdict} ({took}); state {answer['state']}")
-    return OK if answer["ok"] else PROBLEM
-
-
-def cmd_pause(args: argparse.Namespace) -> int:
-    body = {"reason": args.reason} if args.reason else None
-    return change(args, "pause", body)
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    return change(args, "resume", None)
-
-
-def change(args: argparse.Namespace, action: str, body: dict[str, Any] | None) -> int:
-    """Pause or resume through the daemon; with no daemon running, in statuses.json, where
-    the daemon finds it at its next start."""
-    client = client_for(args, changes=True)
-    try:
-        answer = client.call(
-            "POST", f"/v1/workloads/{quote(args.workload, safe='')}/{action}", body
-        )
-    except ApiCallError as exc:
-        print(f"healthd: {exc}", file=sys.stderr)
-        return PROBLEM
-    except NotRunning as exc:
-        pid, _ = running_daemon(args.status_dir)
-        if pid is not None:  # it runs but cannot be reached: writing the file would be lost
-            raise HealthdError(
-                f"the daemon (pid {pid}) runs but its API does not answer: {exc}"
-            ) from None
-        return change_saved(args, action == "pause")
-    print(f"{args.workload}: {answer['state']}")
-    return OK
-
-
-def change_saved(args: argparse.Namespace, paused: bool) -> int:
-    store = StatusStore(args.status_dir)
-    statuses = store.read()
-    status = statuses.get(args.workload)
-    if status is None:
-        print(f"healthd: no status for workload {args.workload!r} in {store.path}", file=sys.stderr)
-        return PROBLEM
-    status.paused = paused
-    status.paused_at = datetime.now(UTC) if paused else None
-    status.paused_reason = args.reason if paused else ""
-    store.write(statuses.values())
-    state = "paused" if paused else "resumed"
-    print(
-        f"{args.workload}: {state} in {store.path} (the daemon is not running; it applies at start)"
-    )
-    return OK
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    client = client_for(args, changes=True)
-    try:
-        report = client.call("POST", "/-/reload")
-    except NotRunning as exc:
-        print(f"healthd: the daemon is not running: {exc}", file=sys.stderr)
-        return PROBLEM
-    except ApiCallError as exc:
-        print(f"healthd: {exc}", file=sys.stderr)
-        return PROBLEM
-    for key in ("added", "changed", "removed", "kept"):
-        if report[key]:
-            print(f"{key}: {', '.join(report[key])}")
-    print(f"unchanged: {report['unchanged']}")
-    for problem in report["config_errors"]:
-        print(f"config error: {problem['message']}", file=sys.stderr)
-    return OK if report["ok"] else PROBLEM
-
-
-def check_here(args: argparse.Namespace) -> int:
-    cfg, problems = editor.find(args.config_dir, args.workload)
-    if cfg is None:
-        for problem in problems:
-            print(f"healthd: {problem}", file=sys.stderr)
-        return USAGE
-    cfg = cfg.with_defaults()
-
-    async def once() -> tuple[Address | None, Any]:
-        address = None
-        if KINDS[cfg.type].needs_address:
-            address = (
-                Address(cfg.host, "host")
-                if cfg.host
-                else await MachinectlResolver().resolve(cfg.workload)
-            )
-        return address, await run_check(cfg, address.host if address else "")
-
-    address, result = run_loop(once())
-    target = KINDS[cfg.type].describe(cfg, address.host if address else "")
-    took = f"{result.duration * 1000:.1f} ms"
-    if address is not None and address.is_fallback:
-        print(f"note: address {address.host} ({address.source})", file=sys.stderr)
-    if result.ok:
-        print(f"{cfg.workload}: healthy ({took}) {target}")
-        return OK
-    print(f"{cfg.workload}: unhealthy ({took}) {result.error}")
-    return PROBLEM
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from healthd.demo import run_demo  # noqa: PLC0415  (the daemon never loads the demo)
 
@@ -590,30 +335,10 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "add": cmd_add,
     "rm": cmd_rm,
     "ls": cmd_ls,
-    "status": cmd_status,
-    "check": cmd_check,
-    "pause": cmd_pause,
-    "resume": cmd_resume,
-    "reload": cmd_reload,
+    "status": control.cmd_status,
+    "check": control.cmd_check,
+    "pause": control.cmd_pause,
+    "resume": control.cmd_resume,
+    "reload": control.cmd_reload,
     "demo": cmd_demo,
 }
-
-
-# -- output helpers -------------------------------------------------------------------------
-
-
-def ago(when: datetime | None, now: datetime) -> str:
-    if when is None:
-        return "never"
-    seconds = max(0.0, (now - when).total_seconds())
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.0f}h ago"
-
-
-def print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

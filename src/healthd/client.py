@@ -8,6 +8,7 @@ bound); the daemon config file (``api.socket``, ``api.listen``); the default add
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import socket
@@ -85,11 +86,15 @@ def running_daemon(status_dir: Path) -> tuple[int | None, dict[str, str]]:
 
 
 def _is_healthd(pid: int) -> bool:
+    """Whether ``pid`` runs a healthd daemon (``healthd run``, ``python -m healthd run`` or the
+    demo), not some other process that got the pid of a daemon long gone."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"healthd" in cmdline
+    script = any(arg.rsplit(b"/", 1)[-1] == b"healthd" for arg in argv[:2])
+    module = any(pair == (b"-m", b"healthd") for pair in itertools.pairwise(argv))
+    return (script or module) and (b"run" in argv or b"demo" in argv)
 
 
 def candidates(api: str | None, status_dir: Path, daemon_file: DaemonFile) -> list[Endpoint]:
@@ -148,7 +153,7 @@ class ApiClient:
                 raise ApiCallError(status, message)
             return data
         if not tried:
-            raise NotRunning("the daemon of this status dir does not run, or serves no API")
+            raise NotRunning("daemon.json in the status dir names no live daemon with an API")
         raise NotRunning("no daemon answers at " + ", ".join(tried))
 
     def _request(

@@ -6,6 +6,7 @@ Plain helpers, used by the fixtures in ``conftest.py`` and by the tests themselv
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,10 +183,42 @@ class DaemonProc:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def daemon_config(self) -> Path:
+        """The daemon config file passed with --daemon-config (tests may write it first)."""
+        return self.log_path.with_name("healthd.yaml")
+
+    def api_endpoints(self) -> dict[str, str] | None:
+        """Where this run's API listens, from daemon.json; None until it is written."""
+        try:
+            summary = json.loads((self.status_dir / "daemon.json").read_text())
+        except FileNotFoundError:
+            return None
+        if self.proc is None or summary.get("pid") != self.proc.pid:
+            return None  # written by an earlier run
+        api = summary.get("api")
+        return api if isinstance(api, dict) and api else None
+
+    def api_url(self, timeout: float = 15.0) -> str:
+        """http://HOST:PORT of this run's API (waits for the daemon to write daemon.json)."""
+
+        def listen() -> str | None:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            return (self.api_endpoints() or {}).get("listen")
+
+        return "http://" + wait_for("the API address in daemon.json", listen, timeout, self.log)
+
     def start(self, *extra: str) -> DaemonProc:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         argv = [PY, "-m", "healthd", "run", "--config-dir", str(self.config_dir)]
-        argv += ["--status-dir", str(self.status_dir), *extra]
+        argv += ["--status-dir", str(self.status_dir)]
+        if "--listen" not in extra:  # a free port each time: tests never fight over 9780
+            argv += ["--listen", "127.0.0.1:0"]
+        argv += ["--daemon-config", str(self.daemon_config), *extra]
+        if not self.daemon_config.exists():
+            self.daemon_config.write_text("# written by the test harness\n")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -255,3 +289,109 @@ class DaemonProc:
             return
         kill_group(self.proc.pid)
         self.proc.wait(timeout=10)
+
+
+# == The API as a client sees it (added for test_api_endpoints.py) ================================
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over the API's Unix socket."""
+
+    def __init__(self, path: Path, timeout: float = 10.0) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self.socket_path))
+        self.sock = sock
+
+
+@dataclass(frozen=True)
+class ApiReply:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    text: str
+    body: Any  # the parsed JSON; None when the body is empty or not JSON
+
+    def error(self) -> dict[str, Any]:
+        """The ``{"error": {...}}`` object of an error answer (fails the test otherwise)."""
+        assert isinstance(self.body, dict), self.text
+        error = self.body.get("error")
+        assert isinstance(error, dict), self.text
+        assert set(error) == {"status", "reason", "message"}, self.text
+        assert error["status"] == self.status, self.text
+        return error
+
+
+@dataclass
+class ApiClient:
+    """The stdlib's HTTP client, one connection per request. ``where`` is the base URL
+    (``http://HOST:PORT``) or the path of the Unix socket; ``token`` is sent as a bearer."""
+
+    where: str | Path
+    token: str | None = None
+    timeout: float = 10.0
+
+    def connect(self) -> http.client.HTTPConnection:
+        if isinstance(self.where, Path):
+            return UnixHTTPConnection(self.where, self.timeout)
+        url = urllib.parse.urlsplit(self.where)
+        return http.client.HTTPConnection(url.hostname or "", url.port, timeout=self.timeout)
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        raw: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> ApiReply:
+        """``method path``; ``body`` is sent as JSON, ``raw`` as it is."""
+        sent = dict(headers or {})
+        if self.token is not None:
+            sent.setdefault("Authorization", f"Bearer {self.token}")
+        data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+        if data is not None:
+            sent.setdefault("Content-Type", "application/json")
+        conn = self.connect()
+        try:
+            conn.request(method, path, body=data, headers=sent)
+            response = conn.getresponse()
+            text = response.read().decode()
+            got = {k.lower(): v for k, v in response.getheaders()}
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(text) if text else None
+        except ValueError:
+            parsed = None
+        return ApiReply(response.status, got, text, parsed)
+
+    def get(self, path: str) -> Any:
+        """The JSON of a GET that must answer 200."""
+        reply = self.call("GET", path)
+        assert reply.status == 200, f"GET {path}: {reply.status} {reply.text}"
+        return reply.body
+
+    def post(self, path: str, body: Any = None) -> Any:
+        """The JSON of a POST that must answer 200."""
+        reply = self.call("POST", path, body)
+        assert reply.status == 200, f"POST {path}: {reply.status} {reply.text}"
+        return reply.body
+
+    def wait_status(
+        self, workload: str, probe: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """GET /v1/status/WORKLOAD until ``probe`` accepts it (live, unlike statuses.json)."""
+        last: list[Any] = [None]
+
+        def check() -> dict[str, Any] | None:
+            reply = self.call("GET", f"/v1/status/{workload}")
+            last[0] = reply.body if reply.status == 200 else reply.text
+            status = reply.body if reply.status == 200 else None
+            return status if status is not None and probe(status) else None
+
+        return wait_for(f"API status of {workload}", check, timeout, lambda: f"last: {last[0]}")

@@ -357,3 +357,161 @@ def test_failed_attempt_time_paces_restarts_after_a_daemon_restart() -> None:
     assert not again.fail().restart
     clock.advance(6)
     assert again.fail().restart
+
+
+# -- pause and resume (maintenance) -------------------------------------------------------------
+
+
+def test_pause_sets_paused_at_and_reason_and_resume_clears_them() -> None:
+    h = Harness(PolicySettings())
+    assert (h.status.paused, h.status.paused_at, h.status.paused_reason) == (False, None, "")
+    paused_at = h.clock.now()
+    h.policy.pause("maintenance")
+    assert (h.status.paused, h.status.paused_at, h.status.paused_reason) == (
+        True,
+        paused_at,
+        "maintenance",
+    )
+    assert h.status.shown_state is State.PAUSED
+    assert h.status.state is State.STARTING  # the machine's own state is kept underneath
+    h.clock.advance(60)
+    h.policy.pause("longer maintenance")  # pausing again: new reason, same start
+    assert (h.status.paused_at, h.status.paused_reason) == (paused_at, "longer maintenance")
+    h.policy.resume()
+    s = h.status
+    assert (s.paused, s.paused_at, s.paused_reason, s.shown_state) == (False, None, "", s.state)
+    assert s.state is State.STARTING
+
+
+def test_paused_failures_are_counted_without_transition_verdict_or_restart() -> None:
+    h = restarting(retries=2, delay=1.0)
+    h.result(OK)
+    h.types()
+    h.policy.pause()
+    for n in range(1, 6):
+        h.clock.advance(5)  # well past restart_delay: only the pause holds the restart back
+        decision = h.fail()
+        assert decision.restart is False
+        assert h.status.consecutive_fails == n
+    assert h.types() == [E.CHECK_FAIL] * 5
+    s = h.status
+    assert (s.state, s.shown_state, s.restart_count) == (State.HEALTHY, State.PAUSED, 0)
+    assert s.healthy is True  # the verdict waits for the resume
+    assert (s.total_checks, s.total_fails, s.last_error) == (6, 5, ERROR)
+    assert s.last_check == h.clock.now()
+    assert h.policy.restart_in_flight is False
+
+
+def test_paused_check_fail_events_carry_the_count() -> None:
+    h = Harness(PolicySettings(retries=1))
+    h.policy.pause("upgrade")
+    h.fail(2)
+    assert [e.details["consecutive_fails"] for e in h.sink.events] == [1, 2]
+    assert [e.message for e in h.sink.events] == [ERROR, ERROR]
+    assert h.status.state is State.STARTING
+
+
+def test_paused_success_resets_the_count_without_an_event() -> None:
+    h = Harness(PolicySettings(retries=2))
+    h.fail(2)
+    h.types()
+    h.policy.pause()
+    h.clock.advance(1)
+    assert h.result(OK).events == []
+    s = h.status
+    assert (s.consecutive_fails, s.last_error, s.last_healthy) == (0, "", h.clock.now())
+    assert (s.state, s.healthy) == (State.UNHEALTHY, False)  # not announced while paused
+
+
+def test_after_resume_the_next_failure_judges_the_counts_made_while_paused() -> None:
+    h = restarting(retries=3, delay=1.0)
+    h.result(OK)
+    h.types()
+    h.policy.pause()
+    h.fail(4)
+    h.types()
+    h.policy.resume()
+    decision = h.fail()
+    assert decision.restart is True
+    assert h.types() == [E.CHECK_FAIL, E.UNHEALTHY, E.RESTART]  # one unhealthy, one restart
+    assert h.status.state is State.RESTARTING
+    assert h.status.consecutive_fails == 5
+
+
+def test_after_resume_the_unhealthy_event_says_how_many_failures() -> None:
+    h = restarting(retries=3, delay=1.0)
+    h.result(OK)
+    h.policy.pause()
+    h.fail(4)
+    h.policy.resume()
+    h.sink.clear()
+    h.fail()
+    unhealthy = h.sink.events[1]
+    assert unhealthy.type is E.UNHEALTHY
+    assert unhealthy.message == f"health check failed 5 times: {ERROR}"
+    assert (unhealthy.state_from, unhealthy.state_to) == (State.HEALTHY, State.UNHEALTHY)
+    restart = h.sink.events[2]
+    assert (restart.state_from, restart.state_to) == (State.UNHEALTHY, State.RESTARTING)
+    h.sink.clear()
+    h.fail()  # the restart is in flight: no second one, no second announcement
+    assert h.types() == [E.CHECK_FAIL]
+
+
+def test_after_resume_without_auto_restart_unhealthy_but_no_restart() -> None:
+    h = Harness(PolicySettings(retries=2, auto_restart=False))
+    h.result(OK)
+    h.policy.pause()
+    h.fail(3)
+    h.policy.resume()
+    h.types()
+    assert h.fail().restart is False
+    assert h.types() == [E.CHECK_FAIL, E.UNHEALTHY]
+    assert (h.status.state, h.status.healthy) == (State.UNHEALTHY, False)
+
+
+def test_unhealthy_workload_paused_is_not_restarted_even_when_the_delay_has_passed() -> None:
+    h = restarting(retries=1, delay=10.0)
+    assert h.fail().restart is True
+    h.restarted("boom")
+    h.types()
+    h.policy.pause("investigating")
+    h.clock.advance(60)
+    assert h.policy.next_restart_at() is None  # a restart would be allowed, but for the pause
+    assert h.fail(3).restart is False
+    assert h.types() == [E.CHECK_FAIL] * 3
+    assert (h.status.state, h.status.restart_failures) == (State.UNHEALTHY, 1)
+    h.policy.resume()
+    assert h.fail().restart is True
+    assert h.types() == [E.CHECK_FAIL, E.RESTART]  # the episode was announced before the pause
+
+
+def test_recovered_during_the_pause_announces_healthy_at_the_first_success_after_resume() -> None:
+    h = Harness(PolicySettings(retries=2))
+    h.fail(2)
+    assert h.types() == [E.CHECK_FAIL, E.CHECK_FAIL, E.UNHEALTHY]
+    h.policy.pause()
+    h.result(OK)
+    h.result(OK)
+    assert h.types() == []
+    h.policy.resume()
+    h.clock.advance(1)
+    h.result(OK)
+    assert h.sink.types() == [E.HEALTHY]
+    event = h.sink.events[0]
+    assert (event.state_from, event.state_to) == (State.UNHEALTHY, State.HEALTHY)
+    assert (h.status.state, h.status.healthy) == (State.HEALTHY, True)
+    h.sink.clear()
+    h.result(OK)
+    assert h.sink.events == []  # announced once
+
+
+def test_healthy_paused_and_resumed_announces_nothing_on_success() -> None:
+    h = Harness(PolicySettings(retries=2))
+    h.result(OK)
+    h.policy.pause()
+    h.fail()  # below the threshold anyway
+    h.result(OK)
+    h.policy.resume()
+    h.result(OK)
+    assert h.types() == [E.CHECK_FAIL]
+    assert h.status.state is State.HEALTHY

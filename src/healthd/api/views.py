@@ -73,7 +73,8 @@ def workloads(daemon: Daemon) -> dict[str, Any]:
         entry["interval_seconds"] = cfg.interval
         entry["timeout_seconds"] = cfg.timeout
         entry["restart_delay_seconds"] = cfg.restart_delay
-        entry["checks"] = KINDS[cfg.type].describe(cfg, cfg.host or "")
+        # Like `healthd list`: without a host the address is looked up when checked.
+        entry["checks"] = KINDS[cfg.type].describe(cfg, cfg.host or "(machinectl)")
         configs.append(entry)
     return {
         "workloads": configs,

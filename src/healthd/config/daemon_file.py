@@ -14,6 +14,7 @@ file named on the command line must exist.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from healthd.errors import ConfigError, Problem
 DEFAULT_DAEMON_CONFIG = Path("/etc/volt/healthd.yaml")
 DEFAULT_LISTEN = "127.0.0.1:9780"
 _NULL = "tag:yaml.org,2002:null"
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,12 @@ def parse_listen(text: str) -> ListenAddress | None:
         raise ValueError(f"{text!r}: expected HOST:PORT, e.g. 127.0.0.1:9780")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if not host:
+            raise ValueError(f"{text!r}: no address in the brackets")
     elif ":" in host:
         raise ValueError(f"{text!r}: put an IPv6 address in brackets, e.g. [::1]:9780")
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    # ASCII digits only: str.isdigit() takes "٨٠" and "²" too
+    if not _PORT.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
     if any(c.isspace() for c in host):
         raise ValueError(f"{text!r}: the host has spaces")
@@ -151,7 +156,9 @@ def parse_daemon_file(text: str, path: Path) -> DaemonFile:
             convert = _API_KEYS.get(sub)
             if convert is None:
                 known = ", ".join(_API_KEYS)
-                problems.append(Problem(file, sub_line, f"api.{sub}", f"unknown key ({known})"))
+                problems.append(
+                    Problem(file, sub_line, f"api.{sub}", f"unknown key (known: {known})")
+                )
                 continue
             try:
                 api[sub] = convert(node)

@@ -323,8 +323,11 @@ class Daemon:
         broken = broken_names(loaded)
         for name in report.removed:
             del self.configs[name]
-        for name in [n for n in self.statuses if n not in self.configs and n not in broken]:
-            del self.statuses[name]  # removed now, or left broken at start and now gone
+        # Left broken at start (config_error, never configured here) and now gone: removed too.
+        stale = [n for n in self.statuses if n not in self.configs and n not in broken]
+        report.removed.extend(n for n in sorted(stale) if n not in report.removed)
+        for name in stale:
+            del self.statuses[name]
             self.histories.pop(name, None)
         self.scheduler.replace(
             new_runners,
