@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,11 +38,24 @@ def _logfmt_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    quote = " " in text or "=" in text or '"' in text
-    if quote and "\\" in text:
-        text = text.replace("\\", "\\\\")
-    text = text.replace('"', '\\"').replace("\n", "\\n")
-    return f'"{text}"' if quote else text
+    if not _NEEDS_QUOTES.search(text):
+        return text
+    # Escaped so that one event is always one line: a value that carries a line break (a
+    # pause reason from the API, a check's output) must not start a line of its own.
+    return '"' + _ESCAPED.sub(_escape, text) + '"'
+
+
+# Space, "=", quote, backslash, control characters, and what splitlines() takes for a break
+_NEEDS_QUOTES = re.compile(r'[\s="\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_ESCAPED = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_SHORT = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _SHORT.get(char) or (
+        f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+    )
 
 
 def render_logfmt(line: dict[str, Any]) -> str:

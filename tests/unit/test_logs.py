@@ -32,9 +32,11 @@ def test_logfmt_line_starts_with_ts_level_event_then_fields_in_order() -> None:
         ("two words", '"two words"'),
         ("a=b", '"a=b"'),
         ('say "hi"', '"say \\"hi\\""'),
-        ("back\\slash", "back\\slash"),  # no quoting needed: left alone
+        ("back\\slash", '"back\\\\slash"'),  # quoted, so the escape is unambiguous
         ("back\\slash and space", '"back\\\\slash and space"'),
-        ("line\nbreak", "line\\nbreak"),  # one event is always one line
+        ("line\nbreak", '"line\\nbreak"'),  # one event is always one line
+        ("carriage\rreturn\ttab", '"carriage\\rreturn\\ttab"'),
+        ("nul\x00 nel\x85 ls\u2028", '"nul\\x00 nel\\x85 ls\\u2028"'),  # all break lines
         (True, "true"),
         (False, "false"),
         (None, ""),

@@ -97,9 +97,7 @@ class Api:
         from healthd.api import metrics  # noqa: PLC0415  (loaded at the first scrape only)
 
         snap = metrics.snapshot(self.daemon)
-        body, content_type = await asyncio.to_thread(
-            metrics.render, snap, request.headers.get("accept", "")
-        )
+        body, content_type = await metrics.render(snap, request.headers.get("accept", ""))
         return Response(200, body, content_type)
 
     async def openapi(self, request: Request, _: str) -> Response:

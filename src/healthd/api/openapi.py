@@ -182,6 +182,14 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"reason": {"type": "string", "maxLength": 500}},
     },
     "Empty": {"type": "object", "additionalProperties": False, "properties": {}},
+    "Index": _object(
+        {
+            "service": {"type": "string"},
+            "endpoints": {"type": "array", "items": {"type": "string"}},
+            "openapi": {"type": "string"},
+        }
+    ),
+    "OpenApi": {"type": "object", "required": ["openapi", "info", "paths"]},
 }
 
 
@@ -216,7 +224,9 @@ def _get(summary: str, schema: str, *errors: int, **extra: Any) -> dict[str, Any
     return {
         "get": {
             "summary": summary,
-            "responses": {"200": _json(schema, "OK"), **_errors(*errors)},
+            # Open on loopback and the Unix socket; the token on any other listener.
+            "security": _BEARER,
+            "responses": {"200": _json(schema, "OK"), **_errors(401, 503, *errors)},
             **extra,
         }
     }
@@ -292,14 +302,22 @@ def document() -> dict[str, Any]:
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",
+                    "security": _BEARER,
                     "responses": {
                         "200": {
-                            "description": "Prometheus text format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}},
-                        }
+                            "description": "Prometheus text format, or OpenMetrics when the "
+                            "Accept header asks for application/openmetrics-text",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        },
+                        **_errors(401, 503),
                     },
                 }
             },
+            "/v1/openapi.json": _get("This document", "OpenApi"),
+            "/": _get("What is here", "Index"),
         },
         "components": {
             "schemas": _SCHEMAS,
