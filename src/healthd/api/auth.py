@@ -5,7 +5,8 @@
   needs the token, and listening there without a token is refused at start.
 - Changing anything (POST) needs ``Authorization: Bearer TOKEN``, or a Unix-socket peer whose
   uid is 0 or the daemon's own (SO_PEERCRED): root on the host needs no token file.
-- The token file must not be readable or writable by group or others.
+- The token file must not be readable or writable by group or others, and must belong to
+  root or to the daemon's own user: whoever owns it can change the token.
 """
 
 from __future__ import annotations
@@ -28,20 +29,18 @@ class TokenFileError(HealthdError):
 
 def read_token(path: Path) -> bytes:
     """The token in ``path``; raises TokenFileError naming the fix."""
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer, and the daemon with it.
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except OSError as exc:
         raise TokenFileError(f"api.token_file {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise TokenFileError(f"api.token_file {path}: not a regular file")
-        if info.st_mode & 0o077:
-            raise TokenFileError(
-                f"api.token_file {path}: mode {stat.S_IMODE(info.st_mode):04o} lets group or "
-                f"others read it; run: chmod 600 {path}"
-            )
-        token = fh.read(4097).strip()
+    try:
+        _check_file(path, os.fstat(fd))  # first: fdopen raises IsADirectoryError for a directory
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            token = fh.read(4097).strip()
+    finally:
+        os.close(fd)
     if not token:
         raise TokenFileError(f"api.token_file {path}: the file is empty")
     if len(token) > 4096 or any(c <= 0x20 or c >= 0x7F for c in token):
@@ -52,11 +51,27 @@ def read_token(path: Path) -> bytes:
     return token
 
 
+def _check_file(path: Path, info: os.stat_result) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise TokenFileError(f"api.token_file {path}: not a regular file")
+    if info.st_mode & 0o077:
+        raise TokenFileError(
+            f"api.token_file {path}: mode {stat.S_IMODE(info.st_mode):04o} lets group or "
+            f"others read or write it; run: chmod 600 {path}"
+        )
+    owner = os.geteuid()
+    if info.st_uid not in (0, owner):
+        raise TokenFileError(
+            f"api.token_file {path}: it belongs to uid {info.st_uid}, who could change the "
+            f"token; run: chown {owner} {path}"
+        )
+
+
 @dataclass(frozen=True)
 class Authorizer:
     token: bytes | None
     loopback: bool  # the TCP listener is on a loopback address
-    own_uid: int = -1
+    own_uid: int | None = None  # the daemon's; None: only root is trusted on the socket
 
     def check(self, request: Request) -> None:
         """Raise HttpError 401/403 unless ``request`` may go on."""
@@ -65,7 +80,11 @@ class Authorizer:
         reading = request.method in ("GET", "HEAD")
         if reading and (request.peer.unix or self.loopback):
             return
-        if request.peer.unix and request.peer.uid in (0, self.own_uid):
+        if (
+            request.peer.unix
+            and request.peer.uid is not None
+            and request.peer.uid in (0, self.own_uid)
+        ):
             return
         self._require_token(request, reading)
 
