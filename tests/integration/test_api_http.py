@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from healthd.api.http import HttpError, HttpServer, Limits, Request, Response, json_response
+from healthd.api.http import HttpServer
+from healthd.api.messages import HttpError, Limits, Request, Response, json_response
 from healthd.logs import make_logger
 
 FAST = Limits(header_timeout=0.3, idle_timeout=0.5)

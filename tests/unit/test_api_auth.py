@@ -12,7 +12,7 @@ from types import FrameType
 import pytest
 
 from healthd.api.auth import Authorizer, TokenFileError, read_token
-from healthd.api.http import HttpError, Peer, Request
+from healthd.api.messages import HttpError, Peer, Request
 
 TOKEN = b"s3cret-Token_0123456789"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from healthd.api import views
 from healthd.api.auth import Authorizer
-from healthd.api.http import HttpError, Request, Response, json_response
+from healthd.api.messages import HttpError, Request, Response, json_response
 from healthd.api.openapi import document as openapi_document
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import HISTORY_SIZE

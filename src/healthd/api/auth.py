@@ -17,7 +17,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from healthd.api.http import HttpError, Request
+from healthd.api.messages import HttpError, Request
 from healthd.errors import HealthdError
 
 OPEN_PATHS = frozenset({"/healthz"})

@@ -1,0 +1,369 @@
+"""One client connection of the API's HTTP server: parsing, limits, deadlines, answers.
+
+See ``http.py`` for what it guarantees; this is how.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections import deque
+from typing import TYPE_CHECKING, cast
+from urllib.parse import parse_qs, unquote
+
+import httptools
+
+from healthd import __version__
+from healthd.api.messages import HttpError, Peer, Request, Response, error_response, phrase
+
+if TYPE_CHECKING:
+    from healthd.api.http import HttpServer
+
+
+_PEERCRED = struct.Struct("3i")
+# An unfinished request head is fed to the parser this many bytes at a time (see _feed).
+_HEAD_SLICE = 4096
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: HttpServer, local: str) -> None:
+        self.server = server
+        self.limits = server.limits
+        self.local = local
+        self.transport: asyncio.Transport | None = None
+        self.peer = Peer(unix=local == "unix")
+        self.parser = httptools.HttpRequestParser(self)
+        # What to answer, in order: requests, and last a Response when a request broke a limit
+        # or could not be read, so that those read before it keep their own answers.
+        self.queue: deque[Request | Response] = deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.reading = True  # False once the last request is read: any more bytes are dropped
+        self.closing = False  # the last answer is written (or the connection is gone)
+        self.client_done = False  # the client shut down its side (EOF)
+        self.writable = asyncio.Event()  # cleared while the client does not take its answers
+        self.writable.set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.head_bytes = 0
+        self.head_fed = 0  # bytes fed to the parser while this head was unfinished
+        self.head_done = False
+        self.body = bytearray()
+        self.in_request = False
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = transport = cast(asyncio.Transport, transport)
+        full = len(self.server.connections) >= self.limits.max_connections
+        self.server.connections.add(self)  # even a refused one, until it is closed
+        if full:
+            self._refuse(503, "too many connections to the API; try again later")
+            return
+        self.peer = self._identify(transport)
+        self._arm(self.limits.idle_timeout)
+
+    def _identify(self, transport: asyncio.Transport) -> Peer:
+        if self.local == "unix":
+            sock = transport.get_extra_info("socket")
+            uid = None
+            with contextlib.suppress(OSError, AttributeError, struct.error):
+                raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+                uid = _PEERCRED.unpack(raw)[1]
+            return Peer(unix=True, uid=uid)
+        peername = transport.get_extra_info("peername")
+        host = str(peername[0]) if peername else ""
+        return Peer(unix=False, host=host)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.reading = False
+        self.server.connections.discard(self)
+        self._disarm()
+        if self.worker is not None:
+            self.worker.cancel()
+
+    def eof_received(self) -> bool:
+        # The client has sent all it will send: answer what it asked, then close.
+        self.client_done = True
+        self.reading = False
+        # False: the transport closes now; True: it stays open for the answers still due.
+        return not self.closing and (self.worker is not None or bool(self.queue))
+
+    def pause_writing(self) -> None:
+        # Answers wait in the transport's buffer: answer no more (and, as requests queue up,
+        # read no more) until the client takes them, or they would pile up in memory.
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    def abort(self) -> None:
+        self.closing = True
+        self.reading = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.reading:
+            return  # after the last request, or lingering (see _finish)
+        try:
+            self._feed(data)
+        except _Refused as exc:
+            self._refuse(exc.status, exc.message)
+        except httptools.HttpParserUpgrade:
+            # The upgrade request is complete and queued, not yet started: it is not answered.
+            if self.queue and isinstance(self.queue[-1], Request):
+                self.queue.pop()
+            self._refuse(400, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._parse_failed(exc)
+
+    def _parse_failed(self, exc: Exception) -> None:
+        if not self.reading:
+            return  # bytes after a "Connection: close" request: it is answered, they are not
+        # A limit raised inside a callback arrives wrapped, as the error's context.
+        refused = exc.__context__
+        if isinstance(refused, _Refused):
+            self._refuse(refused.status, refused.message)
+        else:
+            self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def _feed(self, data: bytes) -> None:
+        """Feed ``data`` to the parser, an unfinished head in slices with its size checked
+        between them: httptools holds a header line whole until it ends, so ``on_header``
+        alone could not stop a line that never ends from filling the memory."""
+        view = memoryview(data)
+        while view and self.reading:
+            if self.head_done:  # a body (on_body counts it), and whatever follows it
+                self.parser.feed_data(view)
+                return
+            piece, view = view[:_HEAD_SLICE], view[_HEAD_SLICE:]
+            self.parser.feed_data(piece)
+            if self.in_request and not self.head_done:
+                # The slice a request begins in counts whole: at most a slice too many.
+                self.head_fed += len(piece)
+                if self.head_fed > self.limits.max_head_bytes + _HEAD_SLICE:
+                    raise _Refused(431, "the request headers are too large")
+
+    # -- parser callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_request = True
+        self._arm(self.limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self._count(len(url), 414, "the request line is too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4, 431, "the request headers are too large")
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+        length = self.headers.get("content-length", "0")
+        if length.isdigit() and int(length) > self.limits.max_body_bytes:
+            raise self._body_too_large()
+        # Not while earlier requests wait for their answers: those must come first. A client
+        # that pipelines behind "Expect" sends its body after its own wait instead.
+        expect = self.headers.get("expect", "").lower() == "100-continue"
+        if expect and self.transport and not self.queue and self.worker is None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+        if len(self.body) > self.limits.max_body_bytes:
+            raise self._body_too_large()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        raw_path, _, raw_query = self.url.decode("latin-1").partition("?")
+        request = Request(
+            method=self.parser.get_method().decode("ascii", "replace"),
+            path=unquote(raw_path),
+            query=parse_qs(raw_query, keep_blank_values=True),
+            headers=self.headers,
+            body=bytes(self.body),
+            peer=self.peer,
+            local=self.local,
+        )
+        keep_alive = self.parser.should_keep_alive()
+        self._reset()
+        self.queue.append(request)
+        if not keep_alive:
+            request.headers["connection"] = "close"
+            self._stop_reading()  # nothing after the last request is read
+        elif len(self.queue) >= self.limits.max_pipelined and self.transport is not None:
+            self.transport.pause_reading()
+        self._start_worker()
+
+    def _body_too_large(self) -> _Refused:
+        return _Refused(413, f"the request body is larger than {self.limits.max_body_bytes} bytes")
+
+    def _count(self, n: int, status: int, message: str) -> None:
+        self.head_bytes += n
+        if self.head_bytes > self.limits.max_head_bytes:
+            raise _Refused(status, message)
+
+    # -- answering -------------------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        if self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._serve())
+
+    async def _serve(self) -> None:
+        try:
+            while self.queue and not self.closing:
+                if not await self._writable():
+                    return
+                item = self.queue.popleft()
+                if isinstance(item, Response):  # refused: the connection's last answer
+                    self._write("GET", item, close=True)
+                    return
+                response = await self._answer(item)
+                close = item.headers.get("connection", "").lower() == "close"
+                self._write(item.method, response, close)
+                if close:
+                    return
+                self._read_on()
+        finally:
+            self.worker = None
+            self._after_answers()
+
+    async def _writable(self) -> bool:
+        """Wait while the client does not take its answers; after ``idle_timeout`` of that,
+        give up on it (False): it would hold a connection and its answers for ever."""
+        if self.writable.is_set():
+            return True
+        try:
+            async with asyncio.timeout(self.limits.idle_timeout):
+                await self.writable.wait()
+        except TimeoutError:
+            self.abort()
+            return False
+        return True
+
+    def _after_answers(self) -> None:
+        if self.closing or self.queue:
+            return
+        if self.client_done and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+        elif not self.in_request:
+            self._arm(self.limits.idle_timeout)
+
+    def _read_on(self) -> None:
+        ready = self.reading and len(self.queue) < self.limits.max_pipelined
+        if ready and self.transport is not None:
+            self.transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        self.reading = False
+        self.in_request = False
+        self._disarm()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` after the requests read before, then close: read nothing more."""
+        self._stop_reading()
+        self.queue.append(error_response(status, message))
+        self._start_worker()
+
+    async def _answer(self, request: Request) -> Response:
+        try:
+            return await self.server.handler(request)
+        except HttpError as exc:
+            return error_response(exc.status, exc.message, exc.headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a handler's bug answers 500 and stops nothing else
+            self.server.log.error(
+                "api_handler_failed", method=request.method, path=request.path, error=repr(exc)
+            )
+            return error_response(500, f"internal error: {type(exc).__name__}")
+
+    def _write(self, method: str, response: Response, close: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        lines = [
+            f"HTTP/1.1 {response.status} {phrase(response.status)}",
+            f"Server: healthd/{__version__}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            "Cache-Control: no-store",
+            "X-Content-Type-Options: nosniff",
+        ]
+        lines.extend(f"{name}: {value}" for name, value in response.headers)
+        if close:
+            lines.append("Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.transport.write(head if method == "HEAD" else head + response.body)
+        if close:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Close after the last answer, gently: closing with bytes unread resets the connection,
+        and a client still sending (a body over the limit, say) could lose the answer. So shut
+        down writing, then read and drop what comes until the client closes too, or until
+        ``linger_timeout``."""
+        assert self.transport is not None
+        self.closing = True
+        self.reading = False
+        if self.client_done or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()  # after what is buffered
+        self.transport.resume_reading()
+        self._arm(self.limits.linger_timeout)
+
+    # -- deadlines -------------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.transport is None:
+            return
+        if self.closing:  # lingered long enough
+            self._close_now()
+        elif self.in_request:
+            self._refuse(408, "the request took too long to arrive")
+        elif self.worker is None and not self.queue:  # idle keep-alive connection
+            self._close_now()
+
+    def _close_now(self) -> None:
+        """Close at the end of a deadline. An answer the client has still not taken is
+        dropped: close() would wait for it to be sent, for ever if the client never reads."""
+        assert self.transport is not None
+        self.closing = True
+        self.reading = False
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+
+class _Refused(Exception):
+    """Raised inside parser callbacks to stop reading a request that breaks a limit."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
