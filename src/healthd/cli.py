@@ -15,18 +15,24 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from healthd import __version__, control, durations
+from healthd import __version__, durations
 from healthd.checks import KINDS
 from healthd.config import editor
 from healthd.config.daemon import DaemonSettings, default_config_dir, default_status_dir
-from healthd.config.daemon_file import DEFAULT_DAEMON_CONFIG, DEFAULT_LISTEN, parse_listen
+from healthd.config.daemon_file import (
+    DEFAULT_DAEMON_CONFIG,
+    DEFAULT_LISTEN,
+    parse_listen,
+    read_daemon_file,
+)
 from healthd.config.loader import load_dir
 from healthd.config.workload import WorkloadConfig
-from healthd.control import OK, PROBLEM, USAGE
 from healthd.errors import ConfigError, DurationError, HealthdError
 from healthd.logs import make_logger
 from healthd.loop import run_loop
 from healthd.tables import print_table
+
+OK, PROBLEM, USAGE = 0, 1, 2
 
 
 def _duration(text: str) -> float:
@@ -200,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         unit_template=args.unit_template,
         restart_timeout=args.restart_timeout,
     )
-    api = control.read_daemon_file(args).api
+    api = read_daemon_file(args.daemon_config).api
     if args.listen is not None:
         try:
             api = dataclasses.replace(api, listen=parse_listen(args.listen))
@@ -329,16 +335,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.duration)
 
 
+def _live(name: str) -> Callable[[argparse.Namespace], int]:
+    """A command of ``control.py``, imported when it runs: its HTTP client is not for the
+    daemon (``healthd run`` would carry http.client and the email package for nothing)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from healthd import control  # noqa: PLC0415
+
+        handler: Callable[[argparse.Namespace], int] = getattr(control, name)
+        return handler(args)
+
+    return run
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "validate": cmd_validate,
     "add": cmd_add,
     "rm": cmd_rm,
     "ls": cmd_ls,
-    "status": control.cmd_status,
-    "check": control.cmd_check,
-    "pause": control.cmd_pause,
-    "resume": control.cmd_resume,
-    "reload": control.cmd_reload,
+    "status": _live("cmd_status"),
+    "check": _live("cmd_check"),
+    "pause": _live("cmd_pause"),
+    "resume": _live("cmd_resume"),
+    "reload": _live("cmd_reload"),
     "demo": cmd_demo,
 }

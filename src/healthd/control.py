@@ -15,9 +15,10 @@ from typing import Any
 from urllib.parse import quote
 
 from healthd.checks import KINDS, run_check
+from healthd.cli import OK, PROBLEM, USAGE
 from healthd.client import ApiCallError, ApiClient, NotRunning, candidates, running_daemon
 from healthd.config import editor
-from healthd.config.daemon_file import DEFAULT_DAEMON_CONFIG, DaemonFile, load_daemon_file
+from healthd.config.daemon_file import read_daemon_file
 from healthd.config.loader import load_dir
 from healthd.engine.lag import BOUNDS as LAG_BOUNDS
 from healthd.engine.lag import quantile
@@ -28,14 +29,6 @@ from healthd.model import State, WorkloadStatus
 from healthd.resolve import Address, MachinectlResolver
 from healthd.store.status import StatusStore, parse_time, to_json
 from healthd.tables import ago, print_table
-
-OK, PROBLEM, USAGE = 0, 1, 2
-
-
-def read_daemon_file(args: argparse.Namespace) -> DaemonFile:
-    """The daemon config file: the one named (which must exist) or the default (if any)."""
-    named = getattr(args, "daemon_config", None)
-    return load_daemon_file(named or DEFAULT_DAEMON_CONFIG, required=named is not None)
 
 
 def not_running(args: argparse.Namespace, exc: NotRunning) -> str:
@@ -55,7 +48,7 @@ def counts(entries: list[dict[str, Any]]) -> dict[str, int]:
 
 def client_for(args: argparse.Namespace, *, changes: bool) -> ApiClient:
     """A client for the daemon's API; the token is read only for calls that change things."""
-    daemon_file = read_daemon_file(args)
+    daemon_file = read_daemon_file(args.daemon_config)
     token = None
     token_file = args.token_file or daemon_file.api.token_file
     if changes and token_file is not None:

@@ -118,6 +118,11 @@ _API_KEYS: dict[str, Callable[[yaml.Node], Any]] = {
 }
 
 
+def read_daemon_file(named: Path | None) -> DaemonFile:
+    """The file named on the command line (which must exist), or the default one (if any)."""
+    return load_daemon_file(named or DEFAULT_DAEMON_CONFIG, required=named is not None)
+
+
 def load_daemon_file(path: Path, *, required: bool) -> DaemonFile:
     """Read ``path``; raises ConfigError with every problem found."""
     file = str(path)
