@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from healthd.config import editor
+from healthd.config.workload import WorkloadConfig
 
 PY = sys.executable
 MARK_VAR = "HEALTHD_ITEST_MARK"
@@ -291,6 +295,42 @@ class DaemonProc:
         self.proc.wait(timeout=10)
 
 
+def write(daemon: DaemonProc, name: str, type: str, **fields: Any) -> Path:
+    """A workload file, written as ``healthd add`` would; fast schedule unless overridden.
+    Returns its path."""
+    values: dict[str, Any] = {"interval": 0.2, "timeout": 0.5, "restart_delay": 0.2} | fields
+    path, _ = editor.write(daemon.config_dir, WorkloadConfig(workload=name, type=type, **values))
+    return path
+
+
+def for_workload(lines: list[str], name: str) -> list[str]:
+    """The log lines (from ``DaemonProc.events``) about workload ``name``."""
+    return [line for line in lines if f"workload={name}" in line.split()]
+
+
+def write_token(path: Path, token: str, mode: int = 0o600) -> Path:
+    """``token`` in ``path``, never readable by others while written, then given ``mode``
+    (0600, the default, is the only mode the API and the CLI accept). Returns ``path``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+def with_token(daemon: DaemonProc, *, socket_path: Path | None = None, mode: int = 0o600) -> str:
+    """The daemon config: ``api.token_file`` naming a new token file ``api.token`` (with
+    ``mode``) next to it, and ``api.socket`` if ``socket_path`` is given (the TCP listener is
+    the harness's ``--listen``). Returns the token."""
+    token = secrets.token_urlsafe(24)
+    token_file = write_token(daemon.daemon_config.with_name("api.token"), token, mode)
+    lines = ["api:", f"  token_file: {token_file}"]
+    if socket_path is not None:
+        lines.append(f"  socket: {socket_path}")
+    daemon.daemon_config.write_text("\n".join(lines) + "\n")
+    return token
+
+
 # == The API as a client sees it (added for test_api_endpoints.py) ================================
 
 
@@ -395,3 +435,15 @@ class ApiClient:
             return status if status is not None and probe(status) else None
 
         return wait_for(f"API status of {workload}", check, timeout, lambda: f"last: {last[0]}")
+
+
+def connect(daemon: DaemonProc, token: str | None = None) -> ApiClient:
+    """A client of this run's TCP listener (sending ``token`` as a bearer, if given), once
+    GET /healthz answers 200: the daemon has started monitoring."""
+    client = ApiClient(daemon.api_url(), token)
+    wait_for(
+        "GET /healthz to answer 200",
+        lambda: client.call("GET", "/healthz").status == 200,
+        detail=daemon.log,
+    )
+    return client

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import socket
 import subprocess
 import sys
@@ -20,10 +19,7 @@ from typing import Any
 
 import pytest
 
-from healthd.config import editor
-from healthd.config.workload import WorkloadConfig
-
-from .harness import ApiClient, DaemonProc, Services, free_port
+from .harness import ApiClient, DaemonProc, Services, free_port, with_token, write
 
 PAUSE = "/v1/workloads/web/pause"
 NOBODY = 65534
@@ -44,36 +40,20 @@ def sock_dir() -> Iterator[Path]:
         yield Path(directory)
 
 
-def write_token(path: Path, token: str, mode: int = 0o600) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    os.chmod(path, mode)
-
-
 def configure(
     daemon: DaemonProc, *, token_mode: int | None = 0o600, socket_path: Path | None = None
 ) -> str | None:
     """The daemon config: a token file with ``token_mode`` (None: no token) and a Unix socket
     if given; returns the token."""
-    lines = ["api:"]
-    token = None
     if token_mode is not None:
-        token = secrets.token_urlsafe(24)
-        token_file = daemon.daemon_config.with_name("api.token")
-        write_token(token_file, token, token_mode)
-        lines.append(f"  token_file: {token_file}")
-    if socket_path is not None:
-        lines.append(f"  socket: {socket_path}")
-    daemon.daemon_config.write_text("\n".join(lines) + "\n" if len(lines) > 1 else "")
-    return token
+        return with_token(daemon, socket_path=socket_path, mode=token_mode)
+    daemon.daemon_config.write_text(f"api:\n  socket: {socket_path}\n" if socket_path else "")
+    return None
 
 
 def write_web(daemon: DaemonProc, services: Services) -> None:
     svc = services.start("http")
-    values: dict[str, Any] = {"interval": 0.2, "timeout": 0.5, "restart_delay": 0.2}
-    cfg = WorkloadConfig(workload="web", type="http", host="127.0.0.1", port=svc.port, **values)
-    editor.write(daemon.config_dir, cfg)
+    write(daemon, "web", "http", host="127.0.0.1", port=svc.port)
 
 
 def start(daemon: DaemonProc, services: Services, sock_dir: Path, *, token: bool = True) -> Api:

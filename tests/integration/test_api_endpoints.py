@@ -7,7 +7,6 @@ its Unix socket); what the API says is compared with statuses.json, the log and 
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import tempfile
@@ -19,10 +18,16 @@ from typing import Any
 
 import pytest
 
-from healthd.config import editor
-from healthd.config.workload import WorkloadConfig
-
-from .harness import ApiClient, DaemonProc, Services, free_port, wait_for
+from .harness import (
+    ApiClient,
+    DaemonProc,
+    Services,
+    connect,
+    for_workload,
+    free_port,
+    with_token,
+    write,
+)
 
 # What GET /v1/status adds to a workload's statuses.json entry (statuses.json leaves "paused"
 # out while it is false).
@@ -34,11 +39,11 @@ GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def write(daemon: DaemonProc, name: str, type: str, **fields: Any) -> Path:
-    """A workload file, written as ``healthd add`` would; fast schedule unless overridden."""
-    values: dict[str, Any] = {"interval": 0.2, "timeout": 0.5, "restart_delay": 0.2} | fields
-    path, _ = editor.write(daemon.config_dir, WorkloadConfig(workload=name, type=type, **values))
-    return path
+def start_with_token(daemon: DaemonProc) -> ApiClient:
+    """Start the daemon with an API token in its config; a client that sends the token."""
+    token = with_token(daemon)
+    daemon.start()
+    return connect(daemon, token)
 
 
 def write_text(daemon: DaemonProc, name: str, text: str) -> Path:
@@ -46,31 +51,6 @@ def write_text(daemon: DaemonProc, name: str, text: str) -> Path:
     path = daemon.config_dir / f"{name}.yaml"
     path.write_text(text)
     return path
-
-
-def with_token(daemon: DaemonProc, *, socket_path: Path | None = None) -> str:
-    """A daemon config with a token file (mode 0600), and a Unix socket if asked; the token."""
-    token = secrets.token_urlsafe(24)
-    token_file = daemon.daemon_config.with_name("api.token")
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    lines = ["api:", f"  token_file: {token_file}"]
-    if socket_path is not None:
-        lines.append(f"  socket: {socket_path}")
-    daemon.daemon_config.write_text("\n".join(lines) + "\n")
-    return token
-
-
-def connect(daemon: DaemonProc, token: str | None = None) -> ApiClient:
-    """A client of this run's TCP listener, once the daemon has started monitoring."""
-    client = ApiClient(daemon.api_url(), token)
-    wait_for(
-        "GET /healthz to answer 200",
-        lambda: client.call("GET", "/healthz").status == 200,
-        detail=daemon.log,
-    )
-    return client
 
 
 def accepts(port: int) -> bool:
@@ -83,10 +63,6 @@ def accepts(port: int) -> bool:
 
 def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
-
-
-def for_workload(lines: list[str], name: str) -> list[str]:
-    return [line for line in lines if f"workload={name}" in line.split()]
 
 
 def names(body: dict[str, Any]) -> list[str]:
@@ -315,9 +291,7 @@ def test_reload_reports_a_config_error_workload_whose_file_is_gone_as_removed(
     connect(daemon).wait_status("db", lambda s: s["total_checks"] == 1)
     assert daemon.terminate() == 0
     write_text(daemon, "db", "workload: db\ntype: tcp\nport: 1\nbogus: 1\n")
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     assert client.get("/v1/status/db")["state"] == "config_error"
     (daemon.config_dir / "db.yaml").unlink()
     report = client.post("/-/reload")
@@ -328,9 +302,7 @@ def test_reload_reports_a_config_error_workload_whose_file_is_gone_as_removed(
 def test_history_is_newest_first_and_respects_limit(daemon: DaemonProc, services: Services) -> None:
     svc = services.start("http")
     write(daemon, "web", "http", host="127.0.0.1", port=svc.port, interval=3600, retries=10)
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     client.wait_status("web", lambda s: s["total_checks"] == 1)  # the first, scheduled check
     for _ in range(2):
         assert client.post("/v1/workloads/web/check")["ok"] is True
@@ -376,9 +348,7 @@ def test_check_now_returns_a_fresh_result_and_counts_it(
 ) -> None:
     svc = services.start("http")
     write(daemon, "web", "http", host="127.0.0.1", port=svc.port, interval=3600)
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     before = client.wait_status("web", lambda s: s["total_checks"] == 1)
 
     result = client.post("/v1/workloads/web/check")
@@ -415,9 +385,7 @@ def test_check_now_returns_a_fresh_result_and_counts_it(
 
 def test_check_now_feeds_the_state_machine(daemon: DaemonProc) -> None:
     write(daemon, "down", "tcp", host="127.0.0.1", port=free_port(), interval=3600, retries=2)
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     client.wait_status("down", lambda s: s["total_checks"] == 1)
     since = len(daemon.log())
     result = client.post("/v1/workloads/down/check")
@@ -429,9 +397,7 @@ def test_check_now_on_a_disabled_workload_is_409_and_on_an_unknown_one_404(
     daemon: DaemonProc,
 ) -> None:
     write(daemon, "off", "tcp", host="127.0.0.1", port=free_port(), enabled=False)
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     for action in ("check", "pause", "resume"):
         reply = client.call("POST", f"/v1/workloads/off/{action}")
         assert reply.status == 409, (action, reply.text)
@@ -463,9 +429,7 @@ def test_paused_workload_is_checked_but_never_restarted_until_resumed(
         auto_restart=True,
         restart_command=tuple(svc.start_argv()),
     )
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     client.wait_status("web", lambda s: s["state"] == "healthy")
     since = len(daemon.log())
 
@@ -537,9 +501,7 @@ def test_pause_survives_a_daemon_restart(daemon: DaemonProc, services: Services)
 
 def test_pause_reason_is_shown_and_resume_clears_it(daemon: DaemonProc) -> None:
     write(daemon, "db", "tcp", host="127.0.0.1", port=free_port())
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     client.post("/v1/workloads/db/pause", {"reason": "maintenance"})
     status = client.get("/v1/status/db")
     assert (status["state"], status["paused"], status["paused_reason"]) == (
@@ -558,9 +520,7 @@ def test_pause_reason_is_shown_and_resume_clears_it(daemon: DaemonProc) -> None:
 
 def test_pause_and_resume_refuse_bad_bodies(daemon: DaemonProc) -> None:
     write(daemon, "db", "tcp", host="127.0.0.1", port=free_port())
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     cases: list[tuple[str, bytes, str]] = [
         ("pause", b'{"reason": "maint', "the request body is not valid JSON: "),
         ("pause", b'{"reason": "x", "until": "tomorrow"}', "unknown field(s) until (known: "),
@@ -626,9 +586,7 @@ def test_reload_adds_changes_keeps_broken_and_removes(
     svc_a, svc_b, svc_c = (services.start("tcp") for _ in range(3))
     write(daemon, "a", "tcp", host="127.0.0.1", port=svc_a.port)
     write(daemon, "b", "tcp", host="127.0.0.1", port=svc_b.port)
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     for name in ("a", "b"):
         client.wait_status(name, lambda s: s["state"] == "healthy")
 
@@ -683,9 +641,7 @@ def test_reload_adds_changes_keeps_broken_and_removes(
 def test_reload_with_nothing_changed_reports_everything_unchanged(daemon: DaemonProc) -> None:
     write(daemon, "a", "tcp", host="127.0.0.1", port=free_port())
     write(daemon, "b", "tcp", host="127.0.0.1", port=free_port())
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     assert client.post("/-/reload") == {
         "ok": True,
         "added": [],
@@ -703,9 +659,7 @@ def test_reload_with_the_config_dir_gone_keeps_everything_running(
     svc = services.start("tcp")
     write(daemon, "a", "tcp", host="127.0.0.1", port=svc.port)
     write(daemon, "b", "tcp", host="127.0.0.1", port=svc.port)
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     client.wait_status("b", lambda s: s["state"] == "healthy")
     daemon.config_dir.rename(daemon.config_dir.with_name("moved"))
 
@@ -724,9 +678,7 @@ def test_pause_survives_a_reload_that_changes_the_workload(
 ) -> None:
     svc = services.start("tcp")
     write(daemon, "db", "tcp", host="127.0.0.1", port=svc.port)
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     client.wait_status("db", lambda s: s["state"] == "healthy")
     client.post("/v1/workloads/db/pause", {"reason": "maintenance"})
     write(daemon, "db", "tcp", host="127.0.0.1", port=svc.port, interval=0.3)
@@ -745,9 +697,7 @@ def test_pause_survives_a_reload_that_changes_the_workload(
 def test_reload_disables_and_enables_a_workload(daemon: DaemonProc, services: Services) -> None:
     svc = services.start("tcp")
     write(daemon, "db", "tcp", host="127.0.0.1", port=svc.port)
-    token = with_token(daemon)
-    daemon.start()
-    client = connect(daemon, token)
+    client = start_with_token(daemon)
     client.wait_status("db", lambda s: s["state"] == "healthy")
 
     write(daemon, "db", "tcp", host="127.0.0.1", port=svc.port, enabled=False)

@@ -5,11 +5,9 @@ scrapes it and sees a workload go down."""
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -27,10 +25,8 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from healthd import __version__
-from healthd.config import editor
-from healthd.config.workload import WorkloadConfig
 
-from .harness import DaemonProc, Service, Services, free_port, wait_for
+from .harness import ApiClient, DaemonProc, Service, Services, free_port, wait_for, write
 
 STATES = (
     "starting",
@@ -44,41 +40,6 @@ STATES = (
 )
 BROKEN_FILES = 2
 MANUAL_CHECKS = 3  # POST .../db/check calls on top of db's one scheduled check
-
-
-def write(daemon: DaemonProc, name: str, type: str, **fields: Any) -> None:
-    """A workload file, written as ``healthd add`` would; fast schedule unless overridden."""
-    values: dict[str, Any] = {"interval": 0.2, "timeout": 0.5, "restart_delay": 0.2} | fields
-    editor.write(daemon.config_dir, WorkloadConfig(workload=name, type=type, **values))
-
-
-class UnixConnection(http.client.HTTPConnection):
-    """HTTP over the daemon's Unix socket."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=10)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self.path))
-        self.sock = sock
-
-
-def unix_post(path: Path, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    conn = UnixConnection(path)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request("POST", url, body=data, headers=headers)
-        response = conn.getresponse()
-        payload = response.read()
-        assert response.status == 200, (response.status, payload)
-        parsed: dict[str, Any] = json.loads(payload)
-        return parsed
-    finally:
-        conn.close()
 
 
 def get(url: str, accept: str | None = None) -> tuple[str, str]:
@@ -123,10 +84,11 @@ def start_fleet(daemon: DaemonProc, services: Services, tmp_path: Path) -> Fleet
     daemon.wait_status("maint", lambda s: s["state"] == "healthy")
     daemon.wait_status("db", lambda s: s["state"] == "unhealthy")
     # As root (or the daemon's own user) on the Unix socket: no token needed.
-    paused = unix_post(sock, "/v1/workloads/maint/pause", {"reason": "metrics test"})
+    unix = ApiClient(sock)
+    paused = unix.post("/v1/workloads/maint/pause", {"reason": "metrics test"})
     assert paused["state"] == "paused"
     for _ in range(MANUAL_CHECKS):
-        assert unix_post(sock, "/v1/workloads/db/check")["ok"] is False
+        assert unix.post("/v1/workloads/db/check")["ok"] is False
     return Fleet(daemon, url, web, maint)
 
 

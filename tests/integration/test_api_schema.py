@@ -13,10 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from healthd.config import editor
-from healthd.config.workload import WorkloadConfig
-
-from .harness import DaemonProc, Services, free_port
+from .harness import DaemonProc, Services, free_port, write, write_token
 
 TOKEN = "schema-test-token"
 # Enough to reach every route, status and link, small enough for well under a minute.
@@ -26,17 +23,9 @@ MAX_EXAMPLES = 30
 CONFIG = "[warnings]\nfail-on = true\n"
 
 
-def write(daemon: DaemonProc, name: str, type: str, **fields: Any) -> None:
-    """A workload file, written as ``healthd add`` would; fast schedule unless overridden."""
-    values: dict[str, Any] = {"interval": 0.2, "timeout": 0.5, "restart_delay": 0.2} | fields
-    editor.write(daemon.config_dir, WorkloadConfig(workload=name, type=type, **values))
-
-
 def start(daemon: DaemonProc, services: Services, tmp_path: Path) -> str:
     """The daemon with a token, one workload in each kind of state; returns its URL."""
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    token_file.chmod(0o600)
+    token_file = write_token(tmp_path / "token", TOKEN)
     daemon.daemon_config.write_text(f"api:\n  token_file: {token_file}\n")
     web = services.start("http")
     write(daemon, "web", "http", port=web.port, host="127.0.0.1", retries=1)

@@ -8,55 +8,26 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from healthd.config import editor
-from healthd.config.workload import WorkloadConfig
-
-from .harness import ApiClient, DaemonProc, Services, free_port, run_cli, wait_for
+from .harness import (
+    DaemonProc,
+    Services,
+    connect,
+    free_port,
+    run_cli,
+    wait_for,
+    with_token,
+    write,
+    write_token,
+)
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def write(daemon: DaemonProc, name: str, type: str, **fields: Any) -> Path:
-    """A workload file, written as ``healthd add`` would; fast schedule unless overridden."""
-    values: dict[str, Any] = {"interval": 0.2, "timeout": 0.5, "restart_delay": 0.2} | fields
-    path, _ = editor.write(daemon.config_dir, WorkloadConfig(workload=name, type=type, **values))
-    return path
-
-
-def token_file(path: Path, token: str) -> Path:
-    """``token`` in ``path`` with mode 0600 (the only mode the API and the CLI accept)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    return path
-
-
-def with_token(daemon: DaemonProc) -> str:
-    """A daemon config with only a token file (the TCP listener is the harness's); the token."""
-    token = secrets.token_urlsafe(24)
-    path = token_file(daemon.daemon_config.with_name("api.token"), token)
-    daemon.daemon_config.write_text(f"api:\n  token_file: {path}\n")
-    return token
-
-
-def connect(daemon: DaemonProc, token: str | None = None) -> ApiClient:
-    """A client of this run's TCP listener, once the daemon has started monitoring."""
-    client = ApiClient(daemon.api_url(), token)
-    wait_for(
-        "GET /healthz to answer 200",
-        lambda: client.call("GET", "/healthz").status == 200,
-        detail=daemon.log,
-    )
-    return client
 
 
 def cli(daemon: DaemonProc, command: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -282,7 +253,7 @@ def test_pause_over_tcp_uses_the_token_from_the_daemon_config(
     live = client.get("/v1/status/web")
     assert (live["state"], live["paused_reason"]) == ("paused", "db upgrade")
 
-    wrong = token_file(tmp_path / "wrong.token", "wrong-" + token)
+    wrong = write_token(tmp_path / "wrong.token", "wrong-" + token)
     refused = cli(daemon, "resume", "web", "--token-file", str(wrong))
     assert refused.returncode == 1, output(refused)
     assert "wrong API token" in refused.stderr
@@ -296,7 +267,7 @@ def test_pause_over_tcp_uses_the_token_from_the_daemon_config(
     assert "Authorization: Bearer TOKEN" in tokenless.stderr
     assert client.get("/v1/status/web")["state"] == "paused"
 
-    right = token_file(tmp_path / "right.token", token)
+    right = write_token(tmp_path / "right.token", token)
     resumed = run_cli(["resume", *common, "--token-file", str(right), "web"], daemon.env)
     assert resumed.returncode == 0, output(resumed)
     assert resumed.stdout.strip() == "web: healthy"

@@ -5,22 +5,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-from healthd.config import editor
-from healthd.config.workload import WorkloadConfig
-
-from .harness import DaemonProc, Services, free_port, run_cli
-
-
-def write(daemon: DaemonProc, name: str, type: str, **fields: Any) -> None:
-    """A workload file, written as ``healthd add`` would; fast schedule unless overridden."""
-    values: dict[str, Any] = {"interval": 0.2, "timeout": 0.5, "restart_delay": 0.2} | fields
-    editor.write(daemon.config_dir, WorkloadConfig(workload=name, type=type, **values))
-
-
-def for_workload(lines: list[str], name: str) -> list[str]:
-    return [line for line in lines if f"workload={name}" in line.split()]
+from .harness import DaemonProc, Services, for_workload, free_port, run_cli, write
 
 
 def test_killed_service_is_restarted_and_proven_healthy(
