@@ -345,6 +345,25 @@ def test_restored_gave_up_is_not_announced_again() -> None:
     assert h.types().count(E.RESTART_EXHAUSTED) == 1
 
 
+def test_the_unhealthy_event_says_which_check_failed_and_how() -> None:
+    h = Harness(PolicySettings(retries=2))
+    h.fail(2)
+    unhealthy = h.sink.events[-1]
+    assert unhealthy.type is E.UNHEALTHY
+    assert unhealthy.details == {"error": ERROR, "duration": 0.02, "consecutive_fails": 2}
+
+
+def test_attempts_are_numbered_across_failed_restarts() -> None:
+    h = restarting(retries=2, delay=10.0)
+    h.fail(2)
+    for attempt in (1, 2):
+        h.restarted("boom")
+        assert h.sink.events[-1].details == {"attempt": attempt, "error": "boom"}
+        h.clock.advance(10)
+        h.fail()
+        assert h.sink.events[-1].message == f"auto-restarting (attempt {attempt + 1})"
+
+
 def test_failed_attempt_time_paces_restarts_after_a_daemon_restart() -> None:
     clock = ManualClock()
     h = Harness(PolicySettings(1, True, 0, 10.0), clock=clock)

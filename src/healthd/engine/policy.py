@@ -119,6 +119,9 @@ class WorkloadPolicy:
                         EventType.UNHEALTHY,
                         f"health check failed {s.consecutive_fails} times: {result.error}",
                         previous,
+                        error=result.error,
+                        duration=round(result.duration, 6),
+                        consecutive_fails=s.consecutive_fails,
                     )
                 )
             self.verdict = False
@@ -132,7 +135,7 @@ class WorkloadPolicy:
         self.restart_in_flight = False
         self._last_attempt = self.clock.monotonic()
         decision = Decision()
-        attempt = s.restart_count + 1
+        attempt = s.restart_count + s.restart_failures + 1  # failed attempts count too
         if error is None:
             s.restart_count += 1
             s.last_restart = self.clock.now()
@@ -234,7 +237,7 @@ class WorkloadPolicy:
             return
         if self.next_restart_at() is not None:
             return  # too soon after the last attempt; a later failing check will retry
-        attempt = s.restart_count + 1
+        attempt = s.restart_count + s.restart_failures + 1  # failed attempts count too
         previous = s.state
         s.state = State.RESTARTING
         self.restart_in_flight = True
