@@ -31,6 +31,11 @@ class EventType(StrEnum):
     CHECK_FAIL = "check_fail"
     RESTART_FAILED = "restart_failed"
     RESTART_EXHAUSTED = "restart_exhausted"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    CONFIG_ERROR = "config_error"
+    DAEMON_STARTED = "daemon_started"
+    DAEMON_STOPPING = "daemon_stopping"
 
 
 class CheckResult(NamedTuple):
@@ -47,7 +52,9 @@ class CheckResult(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Something that happened to a workload, in the reference's shape plus context."""
+    """Something that happened to a workload (or the daemon: ``workload`` is ""), in the
+    reference's shape plus context. ``id`` and ``host`` are given by the journal: unique and
+    increasing, and the node name, so that a fleet's events can be told apart."""
 
     type: EventType
     workload: str
@@ -56,6 +63,8 @@ class Event:
     state_from: State | None = None
     state_to: State | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    id: int = 0
+    host: str = ""
 
 
 @dataclass(slots=True)

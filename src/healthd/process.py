@@ -5,13 +5,17 @@ Shared by exec checks, restart commands and the machinectl lookup. The child is 
 session so the deadline can kill its whole tree (a grandchild that ignores SIGTERM and holds
 stdout open included), and is reaped through a pidfd watched by the event loop, so thousands of
 children a second cost no child-watcher threads. Output is read continuously so a chatty child
-never blocks on a full pipe, but only the first ``output_cap`` bytes are kept.
+never blocks on a full pipe, but only the first ``output_cap`` bytes are kept. Given ``stdin``
+bytes, the child reads them from a pipe that the loop fills as the child drains it (never
+blocking the loop, however large) and then closes; a child that exits without reading it all
+is not an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -31,6 +35,7 @@ class ProcessOutcome:
     duration: float
     timed_out: bool = False
     spawn_error: str = ""  # why it could not start at all
+    spawn_errno: int = 0  # with spawn_error: ENOENT, EACCES, ENOEXEC, ... or 0 (no errno)
 
     @property
     def ok(self) -> bool:
@@ -62,7 +67,7 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-_program_paths: dict[str, str | None] = {}
+_program_paths: dict[str, str] = {}
 
 
 def program_path(name: str) -> str | None:
@@ -72,8 +77,9 @@ def program_path(name: str) -> str | None:
     resident memory the daemon never uses."""
     if "/" in name:
         return name
-    if name not in _program_paths:
-        _program_paths[name] = next(
+    found = _program_paths.get(name)
+    if found is None:  # not found is not remembered: the program may be installed later
+        found = next(
             (
                 path
                 for directory in os.get_exec_path()
@@ -82,25 +88,43 @@ def program_path(name: str) -> str | None:
             ),
             None,
         )
-    return _program_paths[name]
+        if found is not None:
+            _program_paths[name] = found
+    return found
 
 
-def _spawn(path: str, argv: list[str], env: Mapping[str, str], output: int) -> tuple[int, int]:
-    """(pid, pidfd) of ``argv`` started in a new session with ``output`` as stdout and stderr."""
+_RESTORED_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _spawn(
+    path: str, argv: list[str], env: Mapping[str, str], output: int, stdin: int = -1
+) -> tuple[int, int]:
+    """(pid, pidfd) of ``argv`` started in a new session with ``output`` as stdout and stderr
+    and ``stdin`` (or /dev/null when -1) as stdin. Closes ``output`` and ``stdin``."""
+    first: tuple[object, ...] = (
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
+        if stdin < 0
+        else (os.POSIX_SPAWN_DUP2, stdin, 0)
+    )
     try:
         pid = os.posix_spawn(
             path,
             argv,
             env,
             file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                first,
                 (os.POSIX_SPAWN_DUP2, output, 1),
                 (os.POSIX_SPAWN_DUP2, output, 2),
             ],
             setsid=True,
+            # Python ignores SIGPIPE and SIGXFSZ; a command expects them at their defaults
+            # (`yes | head` must end `yes`), as subprocess's restore_signals gives them.
+            setsigdef=_RESTORED_SIGNALS,
         )
     finally:
         os.close(output)
+        if stdin >= 0:
+            os.close(stdin)
     try:
         return pid, os.pidfd_open(pid)
     except OSError:  # out of descriptors: do not leave a child we cannot watch
@@ -131,7 +155,10 @@ class Child:
         "_pipe",
         "_returncode",
         "_started",
+        "_stdin",
+        "_stdin_left",
         "_timed_out",
+        "_writing",
         "pid",
     )
 
@@ -143,8 +170,10 @@ class Child:
         output_cap: int = 4096,
         kill_leftovers: bool = True,
         env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
     ) -> None:
-        """Spawn ``argv``; on failure ``done`` is called before this returns."""
+        """Spawn ``argv`` (with ``stdin`` to read, if given); on failure ``done`` is called
+        before this returns."""
         self._loop = asyncio.get_running_loop()
         self._done: Callable[[ProcessOutcome], None] | None = done
         self._cap = output_cap
@@ -158,18 +187,31 @@ class Child:
         self._grace: asyncio.TimerHandle | None = None
         self._pipe = -1
         self._pidfd = -1
+        self._stdin = -1
+        self._stdin_left = memoryview(stdin or b"")
+        self._writing = False
         self.pid = 0
         self._argv0 = argv[0]
         self._started = time.monotonic()
         path = program_path(argv[0])
         if path is None:
-            self._spawn_failed(f"{argv[0]}: No such file or directory")
+            self._spawn_failed(f"{argv[0]}: No such file or directory", errno.ENOENT)
             return
         try:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
         except OSError as exc:  # out of descriptors: a failed run, not a crash
             self._spawn_failed(f"{argv[0]}: cannot create output pipe: {exc.strerror or exc}")
             return
+        child_stdin = -1
+        if stdin is not None:
+            try:
+                child_stdin, self._stdin = os.pipe2(os.O_CLOEXEC)
+            except OSError as exc:
+                os.close(read_end)
+                os.close(write_end)
+                self._spawn_failed(f"{argv[0]}: cannot create input pipe: {exc.strerror or exc}")
+                return
+            os.set_blocking(self._stdin, False)  # our end only, as for the output pipe
         os.set_blocking(read_end, False)  # our end only: the child's stdout stays blocking
         self._pipe = read_end
         self._loop.add_reader(read_end, self._on_output)
@@ -178,12 +220,15 @@ class Child:
             # In the caller's thread: spawning from a thread pool was measured to gain little
             # throughput, cost more CPU per check, and let a spawn queued at shutdown start
             # a command nobody watches.
-            self.pid, self._pidfd = _spawn(path, list(argv), env, write_end)
+            self.pid, self._pidfd = _spawn(path, list(argv), env, write_end, child_stdin)
         except OSError as exc:
             self._close_pipe()
-            self._spawn_failed(f"{argv[0]}: {exc.strerror or exc}")
+            self._close_stdin()
+            self._spawn_failed(f"{argv[0]}: {exc.strerror or exc}", exc.errno or 0)
             return
         self._loop.add_reader(self._pidfd, self._on_exit)
+        if self._stdin >= 0:
+            self._feed()
 
     def kill(self) -> None:
         """Deadline: kill the whole group; ``done`` follows with ``timed_out``."""
@@ -220,6 +265,21 @@ class Child:
                 self._kept += min(room, len(data))
             self._dropped += max(0, len(data) - max(room, 0))
 
+    def _feed(self) -> None:
+        """Write what the pipe takes now; the loop calls again when it has room."""
+        while self._stdin_left:
+            try:
+                written = os.write(self._stdin, self._stdin_left)
+            except BlockingIOError:
+                if not self._writing:
+                    self._loop.add_writer(self._stdin, self._feed)
+                    self._writing = True
+                return
+            except OSError:  # EPIPE: the child is gone or closed its stdin; it had its chance
+                break
+            self._stdin_left = self._stdin_left[written:]
+        self._close_stdin()  # the child sees the end of its input
+
     def _on_exit(self) -> None:
         # pidfd_open cannot fail for our own unreaped child, short of running out of fds,
         # which _spawn reports as a spawn error after the fact (the child is then killed).
@@ -250,6 +310,7 @@ class Child:
             self._grace.cancel()
             self._grace = None
         self._close_pipe()
+        self._close_stdin()  # whatever is left unread, nobody will read now
         done, self._done = self._done, None
         if done is None:
             return
@@ -265,10 +326,20 @@ class Child:
             os.close(self._pipe)
             self._pipe = -1
 
-    def _spawn_failed(self, reason: str) -> None:
+    def _close_stdin(self) -> None:
+        if self._stdin >= 0:
+            if self._writing:
+                self._loop.remove_writer(self._stdin)
+                self._writing = False
+            os.close(self._stdin)
+            self._stdin = -1
+        self._stdin_left = memoryview(b"")
+
+    def _spawn_failed(self, reason: str, error: int = 0) -> None:
         done, self._done = self._done, None
         if done is not None:
-            done(ProcessOutcome(None, "", time.monotonic() - self._started, spawn_error=reason))
+            duration = time.monotonic() - self._started
+            done(ProcessOutcome(None, "", duration, spawn_error=reason, spawn_errno=error))
 
 
 async def run_process(
@@ -278,8 +349,10 @@ async def run_process(
     output_cap: int = 4096,
     kill_leftovers: bool = True,
     env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
 ) -> ProcessOutcome:
-    """Run ``argv`` (no shell) for at most ``timeout`` seconds.
+    """Run ``argv`` (no shell) for at most ``timeout`` seconds, with ``stdin`` as its input
+    (None: /dev/null).
 
     ``kill_leftovers``: after the command exits, kill whatever it left running in its process
     group (right for checks; wrong for restart commands whose job is to start something).
@@ -291,7 +364,9 @@ async def run_process(
         if not finished.done():
             finished.set_result(outcome)
 
-    child = Child(argv, deliver, output_cap=output_cap, kill_leftovers=kill_leftovers, env=env)
+    child = Child(
+        argv, deliver, output_cap=output_cap, kill_leftovers=kill_leftovers, env=env, stdin=stdin
+    )
     deadline = loop.call_later(timeout, child.kill)
     try:
         return await finished

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from healthd.config import nodes
+from healthd.config.sinks import SinkSettings, parse_sinks
 from healthd.errors import ConfigError, Problem
 
 DEFAULT_DAEMON_CONFIG = Path("/etc/volt/healthd.yaml")
 DEFAULT_LISTEN = "127.0.0.1:9780"
-_NULL = "tag:yaml.org,2002:null"
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
@@ -78,43 +78,39 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class EventsSettings:
+    """The event journal's retention: older or more events are pruned (never one that is
+    still to be delivered)."""
+
+    max_age: float = 30 * 86400.0
+    max_count: int = 100_000
+
+
+@dataclass(frozen=True)
 class DaemonFile:
     """What the daemon config file says (defaults where it says nothing)."""
 
     path: Path | None = None  # None: no file was read
     api: ApiSettings = field(default_factory=ApiSettings)
-
-
-class _Invalid(ValueError):
-    pass
-
-
-def _string(node: yaml.Node) -> str:
-    if not isinstance(node, yaml.ScalarNode):
-        raise _Invalid("expected a single value")
-    return "" if node.tag == _NULL else str(node.value)
+    events: EventsSettings = field(default_factory=EventsSettings)
+    sinks: tuple[SinkSettings, ...] = ()
 
 
 def _listen(node: yaml.Node) -> ListenAddress | None:
     try:
-        return parse_listen(_string(node))
+        return parse_listen(nodes.string(node))
     except ValueError as exc:
-        raise _Invalid(str(exc)) from None
+        raise nodes.Invalid(str(exc)) from None
 
 
-def _path(node: yaml.Node) -> Path | None:
-    text = _string(node)
-    if not text:
-        return None
-    if not text.startswith("/"):
-        raise _Invalid(f"{text!r}: use an absolute path")
-    return Path(text)
-
-
-_API_KEYS: dict[str, Callable[[yaml.Node], Any]] = {
+_API_KEYS: dict[str, nodes.Converter] = {
     "listen": _listen,
-    "socket": _path,
-    "token_file": _path,
+    "socket": nodes.path,
+    "token_file": nodes.path,
+}
+_EVENTS_KEYS: dict[str, nodes.Converter] = {
+    "max_age": nodes.duration,
+    "max_count": nodes.count,
 }
 
 
@@ -153,49 +149,19 @@ def parse_daemon_file(text: str, path: Path) -> DaemonFile:
         return DaemonFile(path=path)
     problems: list[Problem] = []
     api: dict[str, Any] = {}
-    for key, value, line in _items(root, file, "", problems):
-        if key != "api":
-            problems.append(Problem(file, line, key, "unknown key (known: api)"))
-            continue
-        for sub, node, sub_line in _items(value, file, "api", problems):
-            convert = _API_KEYS.get(sub)
-            if convert is None:
-                known = ", ".join(_API_KEYS)
-                problems.append(
-                    Problem(file, sub_line, f"api.{sub}", f"unknown key (known: {known})")
-                )
-                continue
-            try:
-                api[sub] = convert(node)
-            except _Invalid as exc:
-                problems.append(Problem(file, node.start_mark.line + 1, f"api.{sub}", str(exc)))
+    events: dict[str, Any] = {}
+    sinks: list[SinkSettings] = []
+    for key, value, line in nodes.items(root, file, "", problems):
+        if key == "api":
+            api = nodes.section(value, file, "api", _API_KEYS, problems)
+        elif key == "events":
+            events = nodes.section(value, file, "events", _EVENTS_KEYS, problems)
+        elif key == "sinks":
+            sinks = parse_sinks(value, file, problems)
+        else:
+            problems.append(Problem(file, line, key, "unknown key (known: api, events, sinks)"))
     if problems:
         raise ConfigError(problems)
-    return DaemonFile(path=path, api=ApiSettings(**api))
-
-
-def _items(
-    node: yaml.Node, file: str, where: str, problems: list[Problem]
-) -> list[tuple[str, yaml.Node, int]]:
-    """(key, value node, line) of a mapping node; a problem if it is not one."""
-    if isinstance(node, yaml.ScalarNode) and node.tag == _NULL:
-        return []
-    if not isinstance(node, yaml.MappingNode):
-        problems.append(
-            Problem(file, node.start_mark.line + 1, where, "expected a mapping of keys to values")
-        )
-        return []
-    out = []
-    seen: set[str] = set()
-    for key_node, value_node in node.value:
-        line = key_node.start_mark.line + 1
-        key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else ""
-        name = f"{where}.{key}" if where else key
-        if not key:
-            problems.append(Problem(file, line, where, "keys must be plain names"))
-        elif key in seen:
-            problems.append(Problem(file, line, name, "duplicate key"))
-        else:
-            seen.add(key)
-            out.append((key, value_node, line))
-    return out
+    return DaemonFile(
+        path=path, api=ApiSettings(**api), events=EventsSettings(**events), sinks=tuple(sinks)
+    )

@@ -19,6 +19,7 @@ import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from healthd.actions import Actuator, CommandActuator
 from healthd.config.daemon import DaemonSettings
@@ -30,12 +31,15 @@ from healthd.engine.policy import PolicySettings, WorkloadPolicy
 from healthd.engine.reload import ReloadReport, broken_names, plan_reload
 from healthd.engine.runner import WorkloadRunner
 from healthd.engine.scheduler import Scheduler, Uniform
-from healthd.errors import NotMonitored, StatusFileError, UnknownWorkload
+from healthd.errors import NotMonitored, Problem, StatusFileError, UnknownWorkload
 from healthd.events import EventBus
 from healthd.logs import Logger
-from healthd.model import CheckResult, Clock, State, SystemClock, WorkloadStatus
+from healthd.model import CheckResult, Clock, Event, EventType, State, SystemClock, WorkloadStatus
 from healthd.resolve import MachinectlResolver, Resolver
 from healthd.store.status import StatusStore, format_time
+
+if TYPE_CHECKING:
+    from healthd.sinks.notifier import Notifier
 
 
 class Daemon:
@@ -49,8 +53,10 @@ class Daemon:
         resolver: Resolver | None = None,
         actuator: Actuator | None = None,
         rng: Uniform | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
+        self.notifier = notifier
         self.bus = bus
         self.log = log
         self.clock = clock or SystemClock()
@@ -138,6 +144,8 @@ class Daemon:
 
     async def run(self) -> None:
         raise_open_file_limit()
+        if self.notifier is not None:
+            self.notifier.open()
         self.load()
         # What load built lives as long as the daemon: keep the collector from walking it again
         # and again (at thousands of workloads a full collection takes milliseconds).
@@ -153,10 +161,18 @@ class Daemon:
             config_dir=str(self.settings.config_dir),
             status_dir=str(self.settings.status_dir),
         )
+        self._daemon_event(
+            EventType.DAEMON_STARTED,
+            f"healthd started: {len(self.runners)} workloads monitored, "
+            f"{len(self.loaded.problems)} config errors",
+        )
+        if self.notifier is not None:
+            await self.notifier.start(lambda: self.statuses)
         self.started.set()
         try:
             await self._stop.wait()
             self.log.info("daemon_stopping", in_flight=self.scheduler.busy)
+            self._daemon_event(EventType.DAEMON_STOPPING, "healthd is stopping")
             await self._drain()
         finally:
             self.scheduler.stop()
@@ -166,12 +182,13 @@ class Daemon:
             for runner in self.runners.values():
                 runner.probe.close()
             self.writer.save_sync()
+            if self.notifier is not None:
+                await self.notifier.stop()  # every event published is committed by now
             self.log.info("daemon_stopped")
 
     def load(self) -> None:
         self.loaded = load_dir(self.settings.config_dir)
-        for problem in self.loaded.problems:
-            self.log.error("config_error", problem=str(problem))
+        self._report_problems(self.loaded.problems)
         try:
             saved = self.store.read()
         except StatusFileError as exc:
@@ -262,16 +279,39 @@ class Daemon:
         runner = self.runner(name)
         was = runner.policy.status.paused
         runner.policy.pause(reason)
+        status = runner.policy.status
         if not was:
             self.log.info("workload_paused", workload=name, reason=reason)
+            message = f"paused for maintenance: {reason}" if reason else "paused for maintenance"
+            self.bus.publish(
+                Event(
+                    EventType.PAUSED,
+                    name,
+                    self.clock.now(),
+                    message,
+                    state_from=status.state,
+                    state_to=State.PAUSED,
+                    details={"reason": reason},
+                )
+            )
         self._changed(name, True)
-        return runner.policy.status
+        return status
 
     def resume(self, name: str) -> WorkloadStatus:
         runner = self.runner(name)
         if runner.policy.status.paused:
             runner.policy.resume()
             self.log.info("workload_resumed", workload=name)
+            self.bus.publish(
+                Event(
+                    EventType.RESUMED,
+                    name,
+                    self.clock.now(),
+                    "maintenance ended; checked now",
+                    state_from=State.PAUSED,
+                    state_to=runner.policy.status.state,
+                )
+            )
             self._changed(name, True)
             # Judge the workload now rather than an interval from now.
             runner.check_now().add_done_callback(_ignore_outcome)
@@ -295,9 +335,25 @@ class Daemon:
             kept=len(report.kept),
             config_errors=len(report.problems),
         )
-        for problem in report.problems:
-            self.log.error("config_error", problem=str(problem))
+        self._report_problems(report.problems)
         return report
+
+    def _report_problems(self, problems: list[Problem]) -> None:
+        for problem in problems:
+            self.log.error("config_error", problem=str(problem))
+            workload = Path(problem.file).name.rsplit(".", 1)[0]
+            self.bus.publish(
+                Event(
+                    EventType.CONFIG_ERROR,
+                    workload if Path(problem.file) != self.settings.config_dir else "",
+                    self.clock.now(),
+                    str(problem),
+                    details={"file": problem.file, "line": problem.line, "field": problem.field},
+                )
+            )
+
+    def _daemon_event(self, kind: EventType, message: str) -> None:
+        self.bus.publish(Event(kind, "", self.clock.now(), message, details={"pid": os.getpid()}))
 
     def _apply(self, loaded: LoadResult) -> ReloadReport:
         loaded.files.clear()

@@ -1,0 +1,173 @@
+"""The webhook sink: each event POSTed as JSON to a URL, optionally signed with HMAC-SHA256.
+
+The body is ``event_json(event)`` (with ``"reminder": true`` for a reminder), compact JSON.
+Headers: the sink's own ``headers``, ``Content-Type: application/json``, ``User-Agent:
+healthd/VERSION``, ``X-Healthd-Event`` (the type), ``X-Healthd-Delivery`` (the event id) and,
+with a ``secret_file``, ``X-Healthd-Signature: sha256=HEX``: the HMAC-SHA256 of the exact body
+bytes with the file's content (stripped) as the key, as GitHub signs its webhooks.
+
+A 2xx answer is a delivery. Network errors, timeouts, 5xx and 429 are worth a retry; any other
+answer (4xx, and 3xx: redirects are not followed, a webhook that moved is a configuration to
+fix) is a permanent failure. Only the start of an answer's body is read, for the error message:
+a receiver cannot make the daemon hold a large answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import ssl
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import cast
+
+import httpx
+
+from healthd import __version__
+from healthd.config.sinks import SinkSettings, public_url
+from healthd.logs import Logger
+from healthd.model import Event
+from healthd.sinks import DeliveryError
+from healthd.store.journal import event_json
+
+BODY_IN_ERROR = 200  # characters of an error answer's body kept in the error message
+_READ_AT_MOST = 4096  # bytes of an answer's body read at all
+_SECRET_AT_MOST = 65536
+
+
+def read_secret(path: Path) -> bytes:
+    """The signing key in ``path``: its content without surrounding whitespace (a trailing
+    newline is how editors and ``echo`` leave it). Raises DeliveryError when it cannot be used."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(_SECRET_AT_MOST + 1)
+    except OSError as exc:
+        raise DeliveryError(f"secret_file {path}: {exc.strerror or exc}") from None
+    if len(data) > _SECRET_AT_MOST:
+        raise DeliveryError(f"secret_file {path}: larger than {_SECRET_AT_MOST} bytes")
+    secret = data.strip()
+    if not secret:
+        raise DeliveryError(f"secret_file {path} is empty: refusing to sign with an empty key")
+    return secret
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """The X-Healthd-Signature value for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def body_of(event: Event, *, reminder: bool) -> bytes:
+    payload = event_json(event)
+    if reminder:
+        payload["reminder"] = True
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+class WebhookSink:
+    def __init__(self, settings: SinkSettings, log: Logger) -> None:
+        self.settings = settings
+        self.log = log.bind(sink=settings.name)
+        self._client: httpx.AsyncClient | None = None
+        self._secret: bytes | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                # The dispatcher's deadline bounds the whole attempt; this bounds each phase
+                # too, for a deliver() called without one.
+                timeout=httpx.Timeout(self.settings.timeout),
+                follow_redirects=False,
+                # A daemon's environment should not decide where its alerts go (proxies,
+                # .netrc credentials); the URL and headers in the config do.
+                trust_env=False,
+                # The system's trust store (where an operator installs an internal CA), not
+                # the CA bundle httpx ships.
+                verify=ssl.create_default_context(),
+                # One delivery at a time per sink: one connection, kept alive between them (an
+                # attempt cut by the deadline closes it: httpcore gives it back on cancel).
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+        return self._client
+
+    def _signing_key(self) -> bytes | None:
+        """The secret, read at the first delivery that needs it and kept. A missing or empty
+        file is a transient failure: events wait (up to max_age) until it is fixed."""
+        path = self.settings.secret_file
+        if path is None:
+            return None
+        if self._secret is None:
+            self._secret = read_secret(path)
+        return self._secret
+
+    def headers_for(self, event: Event, body: bytes) -> dict[str, str]:
+        headers = {"User-Agent": f"healthd/{__version__}", **self.settings.headers}
+        headers["Content-Type"] = "application/json"
+        headers["X-Healthd-Event"] = event.type.value
+        headers["X-Healthd-Delivery"] = str(event.id)
+        key = self._signing_key()
+        if key is not None:
+            headers["X-Healthd-Signature"] = signature(key, body)
+        return headers
+
+    async def deliver(self, event: Event, *, reminder: bool) -> None:
+        body = body_of(event, reminder=reminder)
+        headers = self.headers_for(event, body)
+        url = self.settings.url
+        try:
+            async with self._http().stream("POST", url, content=body, headers=headers) as answer:
+                status = answer.status_code
+                # Read even a success's (short) body: a connection whose answer was read to
+                # its end is kept alive for the next event; one left half-read is closed.
+                start = await _read_start(answer)
+        except httpx.TransportError as exc:  # connect, read, write, timeout, protocol
+            raise DeliveryError(f"POST {public_url(url)}: {_describe(exc)}") from None
+        if 200 <= status < 300:
+            return
+        text = start.decode("utf-8", "replace").strip()
+        where = answer.headers.get("location") if 300 <= status < 400 else None
+        message = f"POST {public_url(url)}: HTTP {status} {answer.reason_phrase}".rstrip()
+        if where:
+            message += f" (redirect to {where} not followed)"
+        if text:
+            message += f": {text[:BODY_IN_ERROR]}"
+        raise DeliveryError(message, permanent=not (status == 429 or status >= 500))
+
+    async def maintain(self) -> None:
+        return
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+async def _read_start(answer: httpx.Response) -> bytes:
+    """The first bytes of an answer's body, never all of a large one."""
+    chunks: list[bytes] = []
+    size = 0
+    with contextlib.suppress(httpx.HTTPError):  # a body cut short still says enough
+        # An async generator: closed here, not whenever the collector finds it half-read.
+        body = cast(AsyncGenerator[bytes, None], answer.aiter_bytes())
+        async with contextlib.aclosing(body) as stream:
+            async for chunk in stream:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= _READ_AT_MOST:
+                    break
+    return b"".join(chunks)[:_READ_AT_MOST]
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    kinds: dict[type[httpx.TransportError], str] = {
+        httpx.ConnectTimeout: "connect timed out",
+        httpx.ReadTimeout: "no answer in time",
+        httpx.WriteTimeout: "sending timed out",
+        httpx.PoolTimeout: "no free connection in time",
+    }
+    kind = kinds.get(type(exc))
+    text = str(exc)
+    if kind:
+        return f"{kind}: {text}" if text else kind
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
