@@ -174,6 +174,30 @@ def build_parser() -> argparse.ArgumentParser:
     reload = sub.add_parser("reload", help="make the running daemon re-read the config dir")
     api_client(reload)
 
+    events = sub.add_parser("events", help="show the event journal (works without the daemon)")
+    status_dir(events)
+    events.add_argument("--workload", default=None, help="only this workload's events")
+    events.add_argument(
+        "--type",
+        action="append",
+        default=[],
+        metavar="TYPE",
+        help="only events of this type (repeat it, or comma-separate: unhealthy,restart)",
+    )
+    events.add_argument(
+        "--since",
+        default=None,
+        metavar="DURATION|TIME",
+        help="only events from this long ago on (1h, 30m) or from this RFC 3339 time",
+    )
+    events.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="the last N events (0: all)"
+    )
+    events.add_argument(
+        "-f", "--follow", action="store_true", help="then print new events as they come"
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object a line")
+
     demo = sub.add_parser("demo", help="watch real local workloads break and be restarted")
     demo.add_argument("--duration", type=float, default=30.0, help="seconds (default: 30)")
     return parser
@@ -206,7 +230,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         unit_template=args.unit_template,
         restart_timeout=args.restart_timeout,
     )
-    api = read_daemon_file(args.daemon_config).api
+    daemon_file = read_daemon_file(args.daemon_config)
+    api = daemon_file.api
     if args.listen is not None:
         try:
             api = dataclasses.replace(api, listen=parse_listen(args.listen))
@@ -218,9 +243,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from healthd.api.service import ApiService  # noqa: PLC0415
     from healthd.engine.daemon import Daemon  # noqa: PLC0415
     from healthd.events import EventBus, LogSink  # noqa: PLC0415
+    from healthd.sinks.notifier import build_notifier  # noqa: PLC0415
 
     async def serve() -> None:
-        daemon = Daemon(settings, bus=EventBus(log, [LogSink(log)]), log=log)
+        notifier = build_notifier(daemon_file, settings.status_dir, log)
+        bus = EventBus(log, [LogSink(log), notifier], journal=notifier.journal)
+        daemon = Daemon(settings, bus=bus, log=log, notifier=notifier)
         service = ApiService(daemon, api, log)
         await service.start()  # a bad API setting stops the start, before any check runs
         try:
@@ -335,6 +363,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.duration)
 
 
+def cmd_events(args: argparse.Namespace) -> int:
+    from healthd.events_cli import cmd_events as show  # noqa: PLC0415  (sqlite3 only here)
+
+    return show(args)
+
+
 def _live(name: str) -> Callable[[argparse.Namespace], int]:
     """A command of ``control.py``, imported when it runs: its HTTP client is not for the
     daemon (``healthd run`` would carry http.client and the email package for nothing)."""
@@ -359,5 +393,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "pause": _live("cmd_pause"),
     "resume": _live("cmd_resume"),
     "reload": _live("cmd_reload"),
+    "events": cmd_events,
     "demo": cmd_demo,
 }

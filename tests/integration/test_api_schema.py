@@ -21,6 +21,7 @@ MAX_EXAMPLES = 30
 # Warnings fail the run: without this, a run whose every call was refused (a wrong token, a
 # 404 for every workload name) would pass having tested nothing.
 CONFIG = "[warnings]\nfail-on = true\n"
+STREAM = "/v1/events/stream"
 
 
 def start(daemon: DaemonProc, services: Services, tmp_path: Path) -> str:
@@ -62,6 +63,10 @@ def schemathesis(
             "--no-color",
             "--report-dir",
             str(tmp_path / "schemathesis-reports"),
+            # An event stream never ends, and schemathesis reads an answer whole: it would
+            # wait for ever. test_api_events.py reads the stream as a client does.
+            "--exclude-path",
+            STREAM,
             *args,
         ],
         cwd=tmp_path,  # its cache (.hypothesis) goes here, not into the repo
@@ -91,6 +96,9 @@ def test_every_route_conforms_to_the_openapi_document(
     url = start(daemon, services, tmp_path)
     run = schemathesis(tmp_path, url, TOKEN, "--max-examples", str(MAX_EXAMPLES))
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    # Left out of the run above, but documented all the same.
+    status, doc = call(f"{url}/v1/openapi.json")
+    assert "text/event-stream" in doc["paths"][STREAM]["get"]["responses"]["200"]["content"]
     assert "No issues found" in run.stdout, run.stdout
     assert "event=api_handler_failed" not in daemon.log()
 

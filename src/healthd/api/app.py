@@ -1,25 +1,40 @@
 """The API's routes: which handler answers which method and path, and the errors in between.
 
-Every answer is JSON (but /metrics), every error a JSON ``{"error": {...}}`` with the status
-that says what went wrong; nothing a client sends can raise into the daemon.
+Every answer is JSON (but /metrics and the event stream), every error a JSON
+``{"error": {...}}`` with the status that says what went wrong; nothing a client sends can
+raise into the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import re
+import sqlite3
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from healthd import durations
 from healthd.api import views
 from healthd.api.auth import Authorizer
 from healthd.api.messages import HttpError, Request, Response, json_response
+from healthd.api.openapi import SINCE_DURATION
 from healthd.api.openapi import document as openapi_document
+from healthd.api.stream import KEEPALIVE, EventStream
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import HISTORY_SIZE
 from healthd.engine.runner import WorkloadRunner
-from healthd.errors import NotMonitored, UnknownWorkload
+from healthd.errors import DurationError, NotMonitored, UnknownWorkload
+from healthd.model import Event, EventType
+from healthd.store.journal import JournalError, event_json
+
+if TYPE_CHECKING:
+    from healthd.sinks.notifier import Notifier
 
 Route = Callable[[Request, str], Awaitable[Response]]
 MAX_REASON = 500  # characters of a pause reason
@@ -27,6 +42,15 @@ MAX_REASON = 500  # characters of a pause reason
 # first wait for a slot when the host is overloaded).
 CHECK_GRACE = 30.0
 _DIGITS = re.compile(r"[0-9]{1,9}")
+_ID_DIGITS = re.compile(r"[0-9]{1,19}")
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+EVENTS_LIMIT, EVENTS_MAX = 100, 1000
+_TYPES = frozenset(t.value for t in EventType)
+_RFC3339 = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:([Zz])|([+-][0-9]{2}:[0-9]{2}))"
+)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,11 @@ class Api:
     def __init__(self, daemon: Daemon, authorizer: Authorizer) -> None:
         self.daemon = daemon
         self.authorizer = authorizer
+        self.stream_keepalive = KEEPALIVE
+        # Events committed since the start, by type, for healthd_events_total.
+        self.committed_types: Counter[str] = Counter()
+        if daemon.notifier is not None:
+            daemon.notifier.journal.on_commit(self._count_committed)
         name = r"(?P<w>[^/]+)"
         self.paths = [
             _Path(re.compile(r"/"), {"GET": self.index}),
@@ -54,6 +83,9 @@ class Api:
             _Path(re.compile(rf"/v1/workloads/{name}/check"), {"POST": self.check}),
             _Path(re.compile(rf"/v1/workloads/{name}/pause"), {"POST": self.pause}),
             _Path(re.compile(rf"/v1/workloads/{name}/resume"), {"POST": self.resume}),
+            _Path(re.compile(r"/v1/events"), {"GET": self.events}),
+            _Path(re.compile(r"/v1/events/stream"), {"GET": self.events_stream}),
+            _Path(re.compile(r"/v1/sinks"), {"GET": self.sinks}),
             _Path(re.compile(r"/-/reload"), {"POST": self.reload}),
         ]
 
@@ -84,7 +116,15 @@ class Api:
             200,
             {
                 "service": "healthd",
-                "endpoints": ["/v1/status", "/v1/workloads", "/metrics", "/healthz"],
+                "endpoints": [
+                    "/v1/status",
+                    "/v1/workloads",
+                    "/v1/events",
+                    "/v1/events/stream",
+                    "/v1/sinks",
+                    "/metrics",
+                    "/healthz",
+                ],
                 "openapi": "/v1/openapi.json",
             },
         )
@@ -96,7 +136,13 @@ class Api:
     async def metrics(self, request: Request, _: str) -> Response:
         from healthd.api import metrics  # noqa: PLC0415  (loaded at the first scrape only)
 
-        snap = metrics.snapshot(self.daemon)
+        pending = None
+        notifier = self.daemon.notifier
+        if notifier is not None:
+            # No journal to read now: the gauge is left out, not zeroed.
+            with contextlib.suppress(HttpError):
+                pending = await self._read(notifier, notifier.journal.pending_counts)
+        snap = metrics.snapshot(self.daemon, pending, self.committed_types)
         body, content_type = await metrics.render(snap, request.headers.get("accept", ""))
         return Response(200, body, content_type)
 
@@ -120,6 +166,77 @@ class Api:
             raise _unknown(name)
         limit = _int_param(request, "limit", HISTORY_SIZE, 1, HISTORY_SIZE)
         return json_response(200, views.history(self.daemon, name, limit))
+
+    # -- events ---------------------------------------------------------------------------
+
+    async def events(self, request: Request, _: str) -> Response:
+        notifier = self._notifier()
+        after = _id_param(request, "after_id")
+        limit = _int_param(request, "limit", EVENTS_LIMIT, 1, EVENTS_MAX)
+        workload = _last(request, "workload")
+        types = _types_param(request)
+        since = _since_param(request)
+        journal = notifier.journal
+        scanned_to = journal.committed_id  # the query below reads at least this far
+        found = await self._read(
+            notifier,
+            functools.partial(
+                journal.events,
+                after_id=after,
+                workload=workload,
+                types=types,
+                since=since,
+                limit=limit,
+            ),
+        )
+        last = found[-1].id if found else after
+        if len(found) < limit:
+            # Nothing more matched up to ``scanned_to``: the next page starts after it.
+            last = max(last, scanned_to)
+        return json_response(200, {"events": [event_json(e) for e in found], "last_id": last})
+
+    async def events_stream(self, request: Request, _: str) -> Response:
+        notifier = self._notifier()
+        after: int | None = None
+        header = request.headers.get("last-event-id", "").strip()
+        if header:
+            after = _id_value("Last-Event-ID", header)
+        elif request.query.get("after_id"):
+            after = _id_param(request, "after_id")
+        stream = EventStream(
+            notifier.journal,
+            after,
+            workload=_last(request, "workload"),
+            types=_types_param(request),
+            keepalive=self.stream_keepalive,
+        )
+        return Response(
+            200,
+            content_type="text/event-stream; charset=utf-8",
+            headers=[("X-Accel-Buffering", "no")],  # a proxy in front must not hold events back
+            stream=stream.chunks(),
+        )
+
+    async def sinks(self, request: Request, _: str) -> Response:
+        notifier = self._notifier()
+        counts = await self._read(notifier, notifier.journal.counts)
+        return json_response(200, views.sinks(notifier, counts))
+
+    def _notifier(self) -> Notifier:
+        notifier = self.daemon.notifier
+        if notifier is None:
+            raise HttpError(503, "this daemon keeps no event journal (it runs without a notifier)")
+        return notifier
+
+    async def _read(self, notifier: Notifier, fn: Callable[[], T]) -> T:
+        """A blocking journal query, in a thread; a journal that cannot answer is a 503."""
+        try:
+            return await notifier.journal.call(fn)
+        except (JournalError, sqlite3.Error) as exc:
+            raise HttpError(503, f"the event journal cannot be read now: {exc}") from None
+
+    def _count_committed(self, batch: list[Event]) -> None:
+        self.committed_types.update(e.type.value for e in batch)
 
     # -- acting ---------------------------------------------------------------------------
 
@@ -183,6 +300,58 @@ def _int_param(request: Request, key: str, default: int, low: int, high: int) ->
     if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise HttpError(400, f"{key} must be a whole number from {low} to {high}, not {text!r}")
     return int(text)
+
+
+def _last(request: Request, key: str) -> str | None:
+    values = request.query.get(key)
+    return values[-1] if values else None
+
+
+def _id_value(key: str, text: str) -> int:
+    if not _ID_DIGITS.fullmatch(text) or int(text) > MAX_ID:
+        raise HttpError(400, f"{key} must be an event id, a whole number from 0, not {text!r}")
+    return int(text)
+
+
+def _id_param(request: Request, key: str) -> int:
+    text = _last(request, key)
+    return 0 if text is None else _id_value(key, text)
+
+
+def _types_param(request: Request) -> tuple[str, ...]:
+    """``type`` given again and again, or comma-separated, or both."""
+    names = [n for value in request.query.get("type", []) for n in value.split(",")]
+    unknown = sorted({n for n in names if n not in _TYPES})
+    if unknown:
+        raise HttpError(
+            400,
+            f"unknown event type(s) {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(sorted(_TYPES))})",
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def _since_param(request: Request) -> float | None:
+    """Unix time from ``since``: a Go duration back from now (1h, 30m, 1h30m) or an RFC 3339
+    time; exactly the syntax the OpenAPI document gives, so that what it allows is accepted."""
+    text = _last(request, "since")
+    if text is None:
+        return None
+    try:
+        if re.fullmatch(SINCE_DURATION, text):
+            return time.time() - durations.parse_seconds(text)
+        stamp = _RFC3339.fullmatch(text)
+        if stamp is not None:
+            day, clock, fraction, _z, offset = stamp.groups()
+            micros = f".{fraction[:6]}" if fraction else ""
+            return datetime.fromisoformat(f"{day}T{clock}{micros}{offset or '+00:00'}").timestamp()
+    except (DurationError, ValueError, OverflowError):
+        pass
+    raise HttpError(
+        400,
+        f"since must be a duration back from now (like 1h or 30m) or an RFC 3339 time "
+        f"(like 2024-05-01T12:00:00Z), not {text!r}",
+    )
 
 
 def _object_body(request: Request, allowed: set[str]) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class Connection(asyncio.Protocol):
         self.reading = True  # False once the last request is read: any more bytes are dropped
         self.closing = False  # the last answer is written (or the connection is gone)
         self.client_done = False  # the client shut down its side (EOF)
+        self.streaming = False  # a streamed answer is being written
         self.writable = asyncio.Event()  # cleared while the client does not take its answers
         self.writable.set()
         self._reset()
@@ -93,6 +94,8 @@ class Connection(asyncio.Protocol):
         # The client has sent all it will send: answer what it asked, then close.
         self.client_done = True
         self.reading = False
+        if self.streaming:
+            return False  # an endless answer: the client's EOF is the only sign it has gone
         # False: the transport closes now; True: it stays open for the answers still due.
         return not self.closing and (self.worker is not None or bool(self.queue))
 
@@ -195,6 +198,7 @@ class Connection(asyncio.Protocol):
             body=bytes(self.body),
             peer=self.peer,
             local=self.local,
+            http_version=self.parser.get_http_version(),
         )
         keep_alive = self.parser.should_keep_alive()
         self._reset()
@@ -231,9 +235,13 @@ class Connection(asyncio.Protocol):
                     return
                 response = await self._answer(item)
                 close = item.headers.get("connection", "").lower() == "close"
-                self._write(item.method, response, close)
-                if close:
-                    return
+                if response.stream is not None:
+                    if not await self._send_stream(item, response, close):
+                        return
+                else:
+                    self._write(item.method, response, close)
+                    if close:
+                        return
                 self._read_on()
         finally:
             self.worker = None
@@ -295,21 +303,66 @@ class Connection(asyncio.Protocol):
     def _write(self, method: str, response: Response, close: bool) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        lines = [
-            f"HTTP/1.1 {response.status} {phrase(response.status)}",
-            f"Server: healthd/{__version__}",
-            f"Content-Type: {response.content_type}",
-            f"Content-Length: {len(response.body)}",
-            "Cache-Control: no-store",
-            "X-Content-Type-Options: nosniff",
-        ]
-        lines.extend(f"{name}: {value}" for name, value in response.headers)
-        if close:
-            lines.append("Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = _head(response, f"Content-Length: {len(response.body)}", close)
         self.transport.write(head if method == "HEAD" else head + response.body)
         if close:
             self._finish()
+
+    async def _send_stream(self, request: Request, response: Response, close: bool) -> bool:
+        """Write a streamed answer: the head, then each piece the stream yields, as it comes:
+        chunks on HTTP/1.1; on HTTP/1.0 the bare bytes, ended by closing. True when the
+        stream has ended and the connection goes on.
+
+        - Flow control: the next piece is asked for only once the client takes what was sent
+          (``_writable``), so what waits in memory is the stream's to bound; a client that
+          takes nothing for ``idle_timeout`` is dropped, as for any answer.
+        - No idle timeout while streaming: the answer is in progress, however quiet.
+        - A client that goes (or shuts down its sending side: for an endless answer the only
+          sign that it has gone) ends the stream at once, and so does ``HttpServer.close``:
+          the worker is cancelled and the stream closed, so its cleanup runs.
+        - A stream that raises is cut off (abort): after the head no error status can be
+          sent, and a chunked body without its last chunk tells the client it is incomplete.
+        """
+        stream = response.stream
+        assert stream is not None
+        chunked = request.http_version != "1.0"
+        close = close or not chunked or self.client_done
+        framing = "Transfer-Encoding: chunked" if chunked else ""
+        try:
+            if self.transport is None or self.transport.is_closing():
+                return False
+            self.transport.write(_head(response, framing, close))
+            self.streaming = request.method != "HEAD" and not self.client_done
+            while self.streaming:
+                if not await self._writable():
+                    return False
+                try:
+                    piece = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                if self.closing or self.transport.is_closing():
+                    return False
+                if piece:  # an empty chunk would end the body
+                    self.transport.write(
+                        b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece
+                    )
+        except Exception as exc:
+            self.server.log.error(
+                "api_stream_failed", method=request.method, path=request.path, error=repr(exc)
+            )
+            self.abort()
+            return False
+        finally:
+            self.streaming = False
+            await stream.aclose()  # a stream suspended at a yield runs its cleanup now
+        if self.closing or self.transport is None or self.transport.is_closing():
+            return False
+        if chunked and request.method != "HEAD":
+            self.transport.write(b"0\r\n\r\n")
+        if close:
+            self._finish()
+            return False
+        return True
 
     def _finish(self) -> None:
         """Close after the last answer, gently: closing with bytes unread resets the connection,
@@ -358,6 +411,23 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
         else:
             self.transport.close()
+
+
+def _head(response: Response, framing: str, close: bool) -> bytes:
+    """The status line and headers; ``framing`` says where the body ends (a Content-Length,
+    chunked, or nothing: at the close)."""
+    lines = [
+        f"HTTP/1.1 {response.status} {phrase(response.status)}",
+        f"Server: healthd/{__version__}",
+        f"Content-Type: {response.content_type}",
+        *([framing] if framing else []),
+        "Cache-Control: no-store",
+        "X-Content-Type-Options: nosniff",
+    ]
+    lines.extend(f"{name}: {value}" for name, value in response.headers)
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 class _Refused(Exception):

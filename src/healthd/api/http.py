@@ -14,7 +14,10 @@ monitoring:
   client cannot hold a connection), idle keep-alive connections close after ``idle_timeout``;
 - one handler call at a time per connection, in request order; a handler that raises is a
   500 for that request only; a client that does not read its answers is not read from
-  either, so that answers cannot pile up in memory.
+  either, so that answers cannot pile up in memory;
+- streamed answers (Server-Sent Events) are chunked, wait for a slow client instead of
+  buffering for it, are exempt from the idle timeout while they run, and end when the client
+  goes away or the server closes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -27,6 +27,7 @@ class Request:
     body: bytes
     peer: Peer
     local: str  # which listener: "tcp" or "unix"
+    http_version: str = "1.1"
 
     def json(self) -> Any:
         """The body as JSON (None when empty); raises HttpError 400 when it is not JSON."""
@@ -40,10 +41,14 @@ class Request:
 
 @dataclass(slots=True)
 class Response:
+    """An answer. With a ``stream``, the body is what it yields, sent as it comes (chunked
+    on HTTP/1.1) instead of ``body``; see ``Connection._send_stream`` for the rules."""
+
     status: int
     body: bytes = b""
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
+    stream: AsyncGenerator[bytes, None] | None = None
 
 
 def json_response(status: int, data: Any, headers: list[tuple[str, str]] | None = None) -> Response:

@@ -13,7 +13,7 @@ a daemon nobody scrapes does not carry it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -34,7 +34,10 @@ from healthd import __version__
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import DURATION_BOUNDS
 from healthd.engine.lag import BOUNDS as LAG_BOUNDS
-from healthd.model import State, WorkloadStatus
+from healthd.model import EventType, State, WorkloadStatus
+from healthd.store.journal import OUTCOMES
+
+RETRY = "retry"  # an attempt that failed and will be made again: not an outcome, but counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +57,21 @@ class WorkloadSample:
 
 
 @dataclass(frozen=True, slots=True)
+class SinkSample:
+    name: str
+    outcomes: dict[str, int]  # since the daemon started, per OUTCOMES and RETRY
+    pending: int | None  # in the outbox now; None when the journal could not be read
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     workloads: list[WorkloadSample]
     lag_counts: tuple[int, ...]  # per LAG_BOUNDS and +Inf, not cumulative
     lag_sum: float
     behind: bool
     config_errors: int
+    sinks: list[SinkSample]
+    events: dict[str, int] | None  # committed since the start, by type; None: no journal
 
 
 def _up_now(status: WorkloadStatus, daemon: Daemon) -> bool:
@@ -72,8 +84,14 @@ def _up_now(status: WorkloadStatus, daemon: Daemon) -> bool:
     return status.last_check is not None and status.consecutive_fails < retries
 
 
-def snapshot(daemon: Daemon) -> Snapshot:
-    """Copy what a scrape reports; on the event loop, so every number is consistent."""
+def snapshot(
+    daemon: Daemon,
+    pending: Mapping[str, int] | None = None,
+    events: Mapping[str, int] | None = None,
+) -> Snapshot:
+    """Copy what a scrape reports; on the event loop, so every number is consistent.
+    ``pending``: each sink's outbox, read from the journal (in a thread) just before;
+    ``events``: events committed since the start, by type."""
     samples = []
     for name in sorted(daemon.statuses):
         s = daemon.statuses[name]
@@ -96,6 +114,13 @@ def snapshot(daemon: Daemon) -> Snapshot:
                 duration_sum=history.sum if history is not None else 0.0,
             )
         )
+    sinks = []
+    notifier = daemon.notifier
+    for name, dispatcher in notifier.dispatchers.items() if notifier is not None else ():
+        outcomes = {o: dispatcher.outcomes[o] for o in OUTCOMES}
+        outcomes[RETRY] = dispatcher.retries
+        known = pending.get(name, 0) if pending is not None else None
+        sinks.append(SinkSample(name, outcomes, known))
     lag = daemon.scheduler.lag
     return Snapshot(
         workloads=samples,
@@ -103,6 +128,10 @@ def snapshot(daemon: Daemon) -> Snapshot:
         lag_sum=lag.sum,
         behind=daemon.scheduler.behind,
         config_errors=len(daemon.loaded.problems),
+        sinks=sinks,
+        events={t.value: events.get(t.value, 0) for t in EventType}
+        if notifier is not None and events is not None
+        else None,
     )
 
 
@@ -281,6 +310,31 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         "Problems found in the config dir at the last load or reload.",
         value=float(snap.config_errors),
     )
+    deliveries = CounterMetricFamily(
+        "healthd_event_deliveries",
+        "Event deliveries by outcome since the daemon started; retry counts attempts that "
+        "failed and are made again.",
+        labels=["sink", "outcome"],
+    )
+    pending = GaugeMetricFamily(
+        "healthd_outbox_pending", "Deliveries waiting in the sink's outbox.", labels=["sink"]
+    )
+    for sink in snap.sinks:
+        for outcome, count in sink.outcomes.items():
+            deliveries.add_metric([sink.name, outcome], float(count))
+        if sink.pending is not None:
+            pending.add_metric([sink.name], float(sink.pending))
+    yield deliveries
+    yield pending
+    if snap.events is not None:
+        events = CounterMetricFamily(
+            "healthd_events",
+            "Events committed to the journal since the daemon started, by type.",
+            labels=["type"],
+        )
+        for kind, count in snap.events.items():
+            events.add_metric([kind], float(count))
+        yield events
     info = InfoMetricFamily("healthd_build", "healthd's version.")
     info.add_metric([], {"version": __version__})
     yield info

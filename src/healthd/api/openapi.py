@@ -11,10 +11,18 @@ from typing import Any
 
 from healthd import __version__
 from healthd.engine.history import HISTORY_SIZE
-from healthd.model import State
+from healthd.model import EventType, State
 
 _TIME = {"type": "string", "description": "RFC 3339; 0001-01-01T00:00:00Z when never set"}
 _NAME = {"type": "string"}
+# ``since`` as a duration back from now, in Go's syntax (1h, 30m, 1h30m, 1.5h): the API takes
+# exactly this (and an RFC 3339 time), so every value the document allows is answered. At
+# most three terms of five digits: no value can overflow Go's ~292 years.
+_TERM = "[0-9]{1,5}(\\.[0-9]{1,6})?(ns|us|µs|μs|ms|s|m|h)"
+SINCE_DURATION = f"^{_TERM}({_TERM}){{0,2}}$"
+_EVENT_TYPES = [t.value for t in EventType]
+_STATES = [s.value for s in State]
+_COUNT = {"type": "integer", "minimum": 0}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -190,6 +198,64 @@ _SCHEMAS: dict[str, Any] = {
         }
     ),
     "OpenApi": {"type": "object", "required": ["openapi", "info", "paths"]},
+    "Event": _object(
+        {
+            "id": {"type": "integer", "minimum": 1, "description": "unique and increasing"},
+            "type": {"type": "string", "enum": _EVENT_TYPES},
+            "workload": {"type": "string", "description": "empty for the daemon's own events"},
+            "timestamp": {"type": "string", "description": "RFC 3339"},
+            "message": {"type": "string"},
+            "host": {"type": "string", "description": "the node name of the daemon's host"},
+            "details": {
+                "type": "object",
+                "description": "check duration and error, restart attempt and outcome, ...",
+            },
+        },
+        {
+            "state_from": _nullable({"type": "string", "enum": _STATES}),
+            "state_to": {"type": "string", "enum": _STATES},
+        },
+    ),
+    "EventList": _object(
+        {
+            "events": {"type": "array", "items": _ref("Event")},
+            "last_id": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "pass as after_id for what comes next; nothing is skipped",
+            },
+        }
+    ),
+    "Sink": _object(
+        {
+            "name": _NAME,
+            "type": {"type": "string", "enum": ["webhook", "command", "alertmanager"]},
+            "events": {"type": "array", "items": {"type": "string", "enum": _EVENT_TYPES}},
+            "workloads": _nullable(
+                {"type": "array", "items": _NAME, "description": "null: every workload"}
+            ),
+            "pending": _COUNT,
+            "delivered": _COUNT,
+            "failed": _COUNT,
+            "expired": _COUNT,
+            "suppressed": _COUNT,
+            "last_error": {"type": "string"},
+            "last_delivered": _nullable({"type": "string", "description": "RFC 3339"}),
+            "retries": {**_COUNT, "description": "attempts to be made again, since the start"},
+            "since_start": _object(
+                {"delivered": _COUNT, "failed": _COUNT, "expired": _COUNT, "suppressed": _COUNT}
+            ),
+        },
+        {
+            "url": {
+                "type": "string",
+                "description": "webhook and alertmanager; without user, password and query",
+            },
+            "headers": {"type": "array", "items": {"type": "string"}, "description": "names"},
+            "command": {"type": "string", "description": "command: the program it runs"},
+        },
+    ),
+    "SinkList": _object({"sinks": {"type": "array", "items": _ref("Sink")}}),
 }
 
 
@@ -208,7 +274,7 @@ _ERROR_TEXT = {
     404: "no such workload",
     409: "the workload is configured but not monitored (disabled, or its file is broken)",
     413: "the request body is too large",
-    503: "healthd is starting or stopping",
+    503: "healthd is starting or stopping (or keeps no event journal, or cannot read it now)",
     504: "no check result in time",
 }
 _WORKLOAD_PARAM = {
@@ -247,6 +313,77 @@ def _post(summary: str, schema: str, body: str, *errors: int) -> dict[str, Any]:
             },
         }
     }
+
+
+def _query(name: str, schema: dict[str, Any], description: str, **more: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+        **more,
+    }
+
+
+_AFTER_ID = _query(
+    "after_id",
+    {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
+    "only events with a greater id",
+)
+_EVENT_WORKLOAD = _query(
+    "workload", {"type": "string"}, "only this workload's events (empty: the daemon's own)"
+)
+_TYPE = _query(
+    "type",
+    {"type": "array", "items": {"type": "string", "enum": _EVENT_TYPES}},
+    "only events of these types (the parameter repeated, or comma-separated)",
+    style="form",
+    explode=True,
+)
+_EVENTS_PARAMS = [
+    _AFTER_ID,
+    _EVENT_WORKLOAD,
+    _TYPE,
+    _query(
+        "since",
+        {
+            "anyOf": [
+                {"type": "string", "pattern": SINCE_DURATION},
+                {"type": "string", "format": "date-time"},
+            ]
+        },
+        "only events from this long ago on (a duration: 1h, 30m, 1h30m) or from this time "
+        "(RFC 3339)",
+    ),
+    _query(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        "at most this many events",
+    ),
+]
+_STREAM_PARAMS = [
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+        "description": "resume after this event (sent by EventSource when it reconnects); "
+        "wins over after_id",
+    },
+    {**_AFTER_ID, "description": "replay the events after this id, then go on live"},
+    _EVENT_WORKLOAD,
+    _TYPE,
+]
+_STREAM_TEXT = """The journal's events as Server-Sent Events, as they are committed.
+
+The stream starts with `retry: 2000`, then sends each event as `id: <id>`, `event: <type>`,
+`data: <the Event JSON>` and a blank line, and a `: keepalive` comment every 15 s when quiet.
+Without Last-Event-ID or after_id it starts with the next event; with one, the events
+committed after that id are replayed first, then live ones follow, with no gap and no
+duplicate. A client that reads too slowly is served from the journal instead of memory; one
+that reads nothing is disconnected after the API's idle timeout and resumes with
+Last-Event-ID. An id beyond the journal's newest (the journal was replaced) replays it all."""
 
 
 @functools.cache
@@ -290,6 +427,28 @@ def document() -> dict[str, Any]:
                 **_post("End maintenance", "Status", "Empty", 404, 409),
             },
             "/-/reload": _post("Re-read the config dir", "ReloadReport", "Empty"),
+            "/v1/events": _get(
+                "Events from the journal, oldest first",
+                "EventList",
+                400,
+                parameters=_EVENTS_PARAMS,
+            ),
+            "/v1/events/stream": {
+                "get": {
+                    "summary": "Events as they happen (Server-Sent Events), resumable",
+                    "description": _STREAM_TEXT,
+                    "security": _BEARER,
+                    "parameters": _STREAM_PARAMS,
+                    "responses": {
+                        "200": {
+                            "description": "an endless text/event-stream",
+                            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400, 401, 503),
+                    },
+                }
+            },
+            "/v1/sinks": _get("Where events are delivered, and how that goes", "SinkList"),
             "/healthz": {
                 "get": {
                     "summary": "The daemon itself: alive and on time",

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from healthd.checks import KINDS
+from healthd.config.sinks import public_url
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import Recorded
 from healthd.engine.reload import ReloadReport
 from healthd.errors import Problem
 from healthd.model import CheckResult, State, WorkloadStatus
+from healthd.store.journal import OUTCOMES, SinkCounts
 from healthd.store.status import format_time, to_json
+
+if TYPE_CHECKING:
+    from healthd.sinks.notifier import Notifier
 
 # The daemon is "stalled" when the earliest check is this late and its timer still has not
 # fired: the loop runs (it answered) but the scheduler does not.
@@ -147,3 +154,52 @@ def daemon_health(daemon: Daemon, now: float) -> tuple[bool, dict[str, Any]]:
         },
         "started_at": format_time(daemon.started_at),
     }
+
+
+def scrub(text: str, url: str, headers: Mapping[str, str]) -> str:
+    """``text`` (a delivery error) without the secrets a sink's settings hold: an error may
+    quote the URL it posted to, or a receiver may echo a header back."""
+    if not text:
+        return text
+    parts = urlsplit(url)
+    if url:
+        text = text.replace(url, public_url(url))
+    secrets = [parts.password or "", parts.query, *headers.values()]
+    # Not a value of a few characters ("X-Team: ops"): a secret is longer, and replacing
+    # every "ops" would garble the message.
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def sinks(notifier: Notifier, counts: Mapping[str, SinkCounts]) -> dict[str, Any]:
+    """Each configured sink: where it delivers (no secrets, no header values), what it wants,
+    its outbox by state (from the journal: as long as events are kept) and what its
+    dispatcher did since the daemon started."""
+    out = []
+    for name, dispatcher in notifier.dispatchers.items():
+        settings = dispatcher.sink.settings
+        entry: dict[str, Any] = {"name": name, "type": settings.type}
+        if settings.type == "command":
+            entry["command"] = settings.command[0] if settings.command else ""
+        else:
+            entry["url"] = public_url(settings.url)
+            entry["headers"] = sorted(settings.headers)  # names only: values may be secrets
+        entry["events"] = [t.value for t in settings.events]
+        entry["workloads"] = list(settings.workloads) if settings.workloads is not None else None
+        c = counts.get(name)
+        entry["pending"] = c.pending if c else 0
+        entry["delivered"] = c.delivered if c else 0
+        entry["failed"] = c.failed if c else 0
+        entry["expired"] = c.expired if c else 0
+        entry["suppressed"] = c.suppressed if c else 0
+        last_error = c.last_error if c else ""
+        entry["last_error"] = scrub(last_error, settings.url, settings.headers)
+        last = c.last_delivered if c else None
+        entry["last_delivered"] = (
+            format_time(datetime.fromtimestamp(last, UTC)) if last is not None else None
+        )
+        entry["retries"] = dispatcher.retries
+        entry["since_start"] = {o: dispatcher.outcomes[o] for o in OUTCOMES}
+        out.append(entry)
+    return {"sinks": out}
