@@ -3,9 +3,11 @@
 Three services start in a temporary directory: ``web`` (HTTP), ``cache`` (TCP) and
 ``payments`` (HTTP), which crashes after a few seconds. The daemon notices, marks it unhealthy,
 runs its restart command and sees it healthy again. A live view shows states and events; at
-the end the demo asks the daemon's real API what a monitoring system would see, then stops
+the end the demo asks the daemon's real API what a monitoring system would see, and what its
+webhook sink delivered to a receiver on loopback (unhealthy, restart, healthy), then stops
 everything it started and removes the directory. Exit status 0 when the story happened
-(payments broke, was restarted, proved healthy, and the API and /metrics say so), 1 otherwise.
+(payments broke, was restarted, proved healthy, the API and /metrics say so, and the webhook
+received the three events in order), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -21,20 +23,24 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from healthd import demo_services
+from healthd.api.http import HttpServer
+from healthd.api.messages import Request, Response
 from healthd.api.service import ApiService
 from healthd.client import ApiClient, Endpoint
 from healthd.config import editor
 from healthd.config.daemon import DaemonSettings
-from healthd.config.daemon_file import ApiSettings, ListenAddress
+from healthd.config.daemon_file import ApiSettings, DaemonFile, ListenAddress
+from healthd.config.sinks import SinkSettings
 from healthd.config.workload import WorkloadConfig
 from healthd.engine.daemon import Daemon
 from healthd.events import EventBus, LogSink
-from healthd.logs import make_logger
+from healthd.logs import Logger, make_logger
 from healthd.loop import run_loop
 from healthd.model import Event, EventType, State
+from healthd.sinks.notifier import build_notifier
 
 CRASH_AFTER = 6.0
 _COLORS = {
@@ -159,10 +165,20 @@ async def _run(work: Path, duration: float, out: TextIO, log_file: TextIO) -> bo
             raise RuntimeError(f"could not start the {cfg.workload} service")
     story = Story()
     log = make_logger(log_file)
+    hook = WebhookReceiver(log)
+    hook_url = await hook.start()
+    sink = SinkSettings(
+        name="demo-webhook",
+        type="webhook",
+        url=hook_url,
+        events=(EventType.UNHEALTHY, EventType.RESTART, EventType.HEALTHY),
+    )
+    notifier = build_notifier(DaemonFile(sinks=(sink,)), status_dir, log)
     daemon = Daemon(
         DaemonSettings(config_dir=config_dir, status_dir=status_dir),
-        bus=EventBus(log, [LogSink(log), story]),
+        bus=EventBus(log, [LogSink(log), story, notifier], journal=notifier.journal),
         log=log,
+        notifier=notifier,
     )
     view = LiveView(daemon, story, out)
     print(
@@ -172,7 +188,7 @@ async def _run(work: Path, duration: float, out: TextIO, log_file: TextIO) -> bo
     )
     api = ApiService(daemon, ApiSettings(listen=ListenAddress("127.0.0.1", 0)), log)
     await api.start()
-    print(f"the API: http://{api.endpoints['listen']}/v1/status", file=out)
+    print(f"the API: http://{api.endpoints['listen']}/v1/status; webhook: {hook_url}", file=out)
     task = asyncio.create_task(daemon.run())
     # A closed terminal (SIGHUP) must still stop the services the demo started.
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, daemon.request_stop)
@@ -188,7 +204,31 @@ async def _run(work: Path, duration: float, out: TextIO, log_file: TextIO) -> bo
             await task
     finally:
         await api.close()
-    return story.complete() and api_agrees
+        await hook.close()
+    received = [f"{e['type']} {e['workload']}" for e in hook.received]
+    print(f"the webhook received: {', '.join(received) or 'nothing'}", file=out)
+    told = ["unhealthy payments", "restart payments", "healthy payments"]
+    return story.complete() and api_agrees and [r for r in received if r in told] == told
+
+
+class WebhookReceiver:
+    """Where the demo's webhook sink delivers: a loopback HTTP endpoint (healthd's own server)
+    that keeps what it is sent, as a chat or paging service would."""
+
+    def __init__(self, log: Logger) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.server = HttpServer(self._receive, log=log)
+
+    async def start(self) -> str:
+        host, port = await self.server.listen_tcp("127.0.0.1", 0)
+        return f"http://{host}:{port}/hook"
+
+    async def _receive(self, request: Request) -> Response:
+        self.received.append(request.json())
+        return Response(204)
+
+    async def close(self) -> None:
+        await self.server.close()
 
 
 def ask_the_api(address: str, out: TextIO) -> bool:
