@@ -50,9 +50,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -61,12 +60,11 @@ from healthd.config.sinks import SinkSettings, public_url
 from healthd.logs import Logger
 from healthd.model import Event, EventType
 from healthd.sinks import DeliveryError, FiringSource
+from healthd.sinks.http_client import BODY_IN_ERROR, describe, new_client, read_start
 
 ALERTNAME = "HealthdWorkloadUnhealthy"
 PATH = "/api/v2/alerts"
 ENDS_AFTER_RESENDS = 4  # as Prometheus: an alert not re-posted for 4 intervals ends by itself
-BODY_IN_ERROR = 200  # characters of an error answer's body kept in the error message
-_READ_AT_MOST = 4096  # bytes of an answer's body read at all
 _FIRES = frozenset({EventType.UNHEALTHY})
 _UPDATES = frozenset({EventType.RESTART_FAILED, EventType.RESTART_EXHAUSTED})
 _RESOLVES = frozenset({EventType.HEALTHY})
@@ -193,13 +191,7 @@ class AlertmanagerSink:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(self.settings.timeout),
-                follow_redirects=False,
-                # Where alerts go is the config's to say, not the environment's (proxies).
-                trust_env=False,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            )
+            self._client = new_client(self.settings.timeout)
         return self._client
 
     async def _post(self, alerts: list[dict[str, Any]]) -> None:
@@ -212,9 +204,9 @@ class AlertmanagerSink:
                 status = answer.status_code
                 if 200 <= status < 300:
                     return
-                start = await _read_start(answer)
+                start = await read_start(answer)
         except httpx.TransportError as exc:  # connect, read, write, timeout, protocol
-            raise DeliveryError(f"POST {public_url(url)}: {_describe(exc)}") from None
+            raise DeliveryError(f"POST {public_url(url)}: {describe(exc)}") from None
         # Alertmanager explains a 400 in the body, as a JSON string: keep it readable.
         text = start.decode("utf-8", "replace").strip()
         with contextlib.suppress(ValueError):
@@ -227,33 +219,3 @@ class AlertmanagerSink:
         if text:
             message += f": {text[:BODY_IN_ERROR]}"
         raise DeliveryError(message, permanent=not (status == 429 or status >= 500))
-
-
-async def _read_start(answer: httpx.Response) -> bytes:
-    """The first bytes of an answer's body, never all of a large one."""
-    chunks: list[bytes] = []
-    size = 0
-    with contextlib.suppress(httpx.HTTPError):  # a body cut short still says enough
-        # An async generator: closed here, not whenever the collector finds it half-read.
-        body = cast(AsyncGenerator[bytes, None], answer.aiter_bytes())
-        async with contextlib.aclosing(body) as stream:
-            async for chunk in stream:
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= _READ_AT_MOST:
-                    break
-    return b"".join(chunks)[:_READ_AT_MOST]
-
-
-def _describe(exc: httpx.TransportError) -> str:
-    kinds: dict[type[httpx.TransportError], str] = {
-        httpx.ConnectTimeout: "connect timed out",
-        httpx.ReadTimeout: "no answer in time",
-        httpx.WriteTimeout: "sending timed out",
-        httpx.PoolTimeout: "no free connection in time",
-    }
-    kind = kinds.get(type(exc))
-    text = str(exc)
-    if kind:
-        return f"{kind}: {text}" if text else kind
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

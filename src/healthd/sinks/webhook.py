@@ -14,14 +14,10 @@ a receiver cannot make the daemon hold a large answer.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
-import ssl
-from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import cast
 
 import httpx
 
@@ -30,10 +26,9 @@ from healthd.config.sinks import SinkSettings, public_url
 from healthd.logs import Logger
 from healthd.model import Event
 from healthd.sinks import DeliveryError
+from healthd.sinks.http_client import BODY_IN_ERROR, describe, new_client, read_start
 from healthd.store.journal import event_json
 
-BODY_IN_ERROR = 200  # characters of an error answer's body kept in the error message
-_READ_AT_MOST = 4096  # bytes of an answer's body read at all
 _SECRET_AT_MOST = 65536
 
 
@@ -74,21 +69,7 @@ class WebhookSink:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                # The dispatcher's deadline bounds the whole attempt; this bounds each phase
-                # too, for a deliver() called without one.
-                timeout=httpx.Timeout(self.settings.timeout),
-                follow_redirects=False,
-                # A daemon's environment should not decide where its alerts go (proxies,
-                # .netrc credentials); the URL and headers in the config do.
-                trust_env=False,
-                # The system's trust store (where an operator installs an internal CA), not
-                # the CA bundle httpx ships.
-                verify=ssl.create_default_context(),
-                # One delivery at a time per sink: one connection, kept alive between them (an
-                # attempt cut by the deadline closes it: httpcore gives it back on cancel).
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            )
+            self._client = new_client(self.settings.timeout)
         return self._client
 
     def _signing_key(self) -> bytes | None:
@@ -120,9 +101,9 @@ class WebhookSink:
                 status = answer.status_code
                 # Read even a success's (short) body: a connection whose answer was read to
                 # its end is kept alive for the next event; one left half-read is closed.
-                start = await _read_start(answer)
+                start = await read_start(answer)
         except httpx.TransportError as exc:  # connect, read, write, timeout, protocol
-            raise DeliveryError(f"POST {public_url(url)}: {_describe(exc)}") from None
+            raise DeliveryError(f"POST {public_url(url)}: {describe(exc)}") from None
         if 200 <= status < 300:
             return
         text = start.decode("utf-8", "replace").strip()
@@ -141,33 +122,3 @@ class WebhookSink:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
-
-
-async def _read_start(answer: httpx.Response) -> bytes:
-    """The first bytes of an answer's body, never all of a large one."""
-    chunks: list[bytes] = []
-    size = 0
-    with contextlib.suppress(httpx.HTTPError):  # a body cut short still says enough
-        # An async generator: closed here, not whenever the collector finds it half-read.
-        body = cast(AsyncGenerator[bytes, None], answer.aiter_bytes())
-        async with contextlib.aclosing(body) as stream:
-            async for chunk in stream:
-                chunks.append(chunk)
-                size += len(chunk)
-                if size >= _READ_AT_MOST:
-                    break
-    return b"".join(chunks)[:_READ_AT_MOST]
-
-
-def _describe(exc: httpx.TransportError) -> str:
-    kinds: dict[type[httpx.TransportError], str] = {
-        httpx.ConnectTimeout: "connect timed out",
-        httpx.ReadTimeout: "no answer in time",
-        httpx.WriteTimeout: "sending timed out",
-        httpx.PoolTimeout: "no free connection in time",
-    }
-    kind = kinds.get(type(exc))
-    text = str(exc)
-    if kind:
-        return f"{kind}: {text}" if text else kind
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
