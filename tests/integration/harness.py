@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -447,3 +448,27 @@ def connect(daemon: DaemonProc, token: str | None = None) -> ApiClient:
         detail=daemon.log,
     )
     return client
+
+
+# -- the event journal, as a test reads it -------------------------------------------------
+
+
+def deliveries(daemon: DaemonProc, sink: str) -> list[dict[str, Any]]:
+    """The sink's deliveries with their events, from events.db (read-only)."""
+    path = daemon.status_dir / "events.db"
+    if not path.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        db.row_factory = sqlite3.Row
+        try:
+            found = db.execute(
+                "SELECT d.event_id, d.reminder, d.state, d.attempts, d.last_error, e.type, "
+                "e.workload FROM deliveries d JOIN events e ON e.id = d.event_id "
+                "WHERE d.sink = ? ORDER BY d.id",
+                (sink,),
+            ).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []  # the daemon is creating the database right now
+            raise
+    return [dict(r) for r in found]

@@ -5,11 +5,9 @@ children that do not read it, deadlines and cancellation that leave no descripto
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import yaml
 
 from healthd.process import run_process
 
-from .harness import DaemonProc, alive, wait_for, write
+from .harness import DaemonProc, alive, deliveries, wait_for, write
 
 
 def sinks(daemon: DaemonProc, *configured: dict[str, Any]) -> None:
@@ -37,29 +35,8 @@ def flapper(daemon: DaemonProc, name: str, tmp: Path) -> Path:
     return flag
 
 
-def rows(daemon: DaemonProc, sink: str = "run") -> list[dict[str, Any]]:
-    """The sink's deliveries with their events' types, from events.db (read-only)."""
-    path = daemon.status_dir / "events.db"
-    if not path.exists():
-        return []
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        try:
-            found = db.execute(
-                "SELECT d.event_id, d.state, d.attempts, d.last_error, e.type "
-                "FROM deliveries d JOIN events e ON e.id = d.event_id "
-                "WHERE d.sink = ? ORDER BY d.id",
-                (sink,),
-            ).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []  # the daemon is creating the database right now
-            raise
-    return [dict(r) for r in found]
-
-
 def settled(daemon: DaemonProc, count: int) -> list[dict[str, Any]] | None:
-    found = rows(daemon)
+    found = deliveries(daemon, "run")
     done = len(found) == count and all(r["state"] != "pending" for r in found)
     return found if done else None
 

@@ -16,7 +16,6 @@ import itertools
 import json
 import select
 import socket
-import sqlite3
 import ssl
 import subprocess
 import threading
@@ -38,7 +37,7 @@ from healthd.model import Event, EventType, State
 from healthd.sinks import DeliveryError
 from healthd.sinks.webhook import WebhookSink
 
-from .harness import DaemonProc, Services, free_port, wait_for, write
+from .harness import DaemonProc, Services, deliveries, free_port, wait_for, write
 
 HANG = "hang"
 Answer = int | tuple[int, str] | str  # a status, a status and a body, or HANG
@@ -241,32 +240,11 @@ def break_and_heal(daemon: DaemonProc, name: str, flag: Path) -> None:
     daemon.wait_status(name, lambda s: s["state"] == "healthy")
 
 
-def rows(daemon: DaemonProc, sink: str = "hook") -> list[dict[str, Any]]:
-    """The sink's deliveries with their events, from events.db (read-only)."""
-    path = daemon.status_dir / "events.db"
-    if not path.exists():
-        return []
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        db.row_factory = sqlite3.Row
-        try:
-            found = db.execute(
-                "SELECT d.event_id, d.reminder, d.state, d.attempts, d.last_error, e.type, "
-                "e.workload FROM deliveries d JOIN events e ON e.id = d.event_id "
-                "WHERE d.sink = ? ORDER BY d.id",
-                (sink,),
-            ).fetchall()
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return []  # the daemon is creating the database right now
-            raise
-    return [dict(r) for r in found]
-
-
 def settled(
     daemon: DaemonProc, sink: str = "hook", count: int | None = None
 ) -> list[dict[str, Any]] | None:
     """The sink's deliveries once none is pending (and there are ``count``), else None."""
-    found = rows(daemon, sink)
+    found = deliveries(daemon, sink)
     if not found or (count is not None and len(found) != count):
         return None
     return found if all(r["state"] != "pending" for r in found) else None
@@ -339,7 +317,7 @@ def test_state_changes_arrive_as_json_with_the_events_headers(
         assert h["x-healthd-delivery"] == str(event["id"])
         assert "x-healthd-signature" not in h  # no secret_file
     # the journal says the same: each of them delivered once, at the first attempt
-    delivered = {r["event_id"]: r for r in rows(daemon)}
+    delivered = {r["event_id"]: r for r in deliveries(daemon, "hook")}
     assert [(delivered[i]["state"], delivered[i]["attempts"]) for i in ids] == [
         ("delivered", 1)
     ] * 3
@@ -395,7 +373,7 @@ def test_filters_choose_events_by_type_and_workload(
         ("healthy", "db"),
     ]
     # an event a sink does not want gets no delivery row at all: nothing to wait for
-    assert [(r["type"], r["workload"]) for r in rows(daemon, "a")] == [("unhealthy", "web")]
+    assert [(r["type"], r["workload"]) for r in deliveries(daemon, "a")] == [("unhealthy", "web")]
     assert daemon.terminate() == 0
 
 
@@ -409,12 +387,14 @@ def test_receiver_down_for_a_while_then_every_event_arrives_in_order(
     flag = flapper(daemon, "job", tmp_path, interval=0.1)
     daemon.start()
     flag.touch()
-    wait_for("a backlog of 8", lambda: len(rows(daemon)) >= 8, detail=daemon.log)
+    wait_for("a backlog of 8", lambda: len(deliveries(daemon, "hook")) >= 8, detail=daemon.log)
     flag.unlink()
     daemon.wait_status("job", lambda s: s["state"] == "healthy")
-    wait_for("the healthy event committed", lambda: rows(daemon)[-1]["type"] == "healthy")
-    committed = [r["event_id"] for r in rows(daemon)]
-    assert all(r["state"] == "pending" for r in rows(daemon))  # none could go yet
+    wait_for(
+        "the healthy event committed", lambda: deliveries(daemon, "hook")[-1]["type"] == "healthy"
+    )
+    committed = [r["event_id"] for r in deliveries(daemon, "hook")]
+    assert all(r["state"] == "pending" for r in deliveries(daemon, "hook"))  # none could go yet
     assert "event=delivery_retry" in daemon.log()
 
     receiver.start()
@@ -438,9 +418,9 @@ def test_daemon_killed_in_a_backlog_then_restarted_loses_nothing(
     flag = flapper(daemon, "job", tmp_path, interval=0.1)
     flag.touch()
     daemon.start()
-    wait_for("a backlog of 10", lambda: len(rows(daemon)) >= 10, detail=daemon.log)
+    wait_for("a backlog of 10", lambda: len(deliveries(daemon, "hook")) >= 10, detail=daemon.log)
     daemon.kill()  # SIGKILL, in the middle of it: nothing delivered, some retried
-    committed = [r["event_id"] for r in rows(daemon)]
+    committed = [r["event_id"] for r in deliveries(daemon, "hook")]
     assert len(committed) >= 10
     flag.unlink()
 
@@ -593,7 +573,7 @@ def test_repeat_interval_reminds_while_a_workload_stays_unhealthy(
     count = len(receiver.got())
     time.sleep(1.5)  # past the interval: no reminder once healthy
     assert len(receiver.got()) == count
-    assert [r["reminder"] for r in rows(daemon)].count(1) == count - 2
+    assert [r["reminder"] for r in deliveries(daemon, "hook")].count(1) == count - 2
 
     flag.touch()  # unhealthy again: reminded an interval after this event, not at once
     again = wait_for("unhealthy again", lambda: receiver.got()[count:], detail=daemon.log)[0]
