@@ -169,25 +169,7 @@ class Journal:
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: {exc}") from None
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=5000")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise JournalError(
-                    f"{self.path}: written by a newer healthd (schema {version}); "
-                    "move it aside or upgrade"
-                )
-            db.executescript(_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            last = db.execute("SELECT max(id) FROM events").fetchone()[0] or 0
-        except sqlite3.Error as exc:
-            db.close()
-            raise JournalError(f"{self.path}: {exc}") from None
-        except JournalError:
-            db.close()
-            raise
+        last = self._prepare(db, writable=True)
         self._db = db
         self._next_id = last + 1
         self.committed_id = last
@@ -204,22 +186,33 @@ class Journal:
             db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: {exc}") from None
+        self._db = db
+        self.committed_id = self._prepare(db, writable=False)
+
+    def _prepare(self, db: sqlite3.Connection, *, writable: bool) -> int:
+        """Check the schema version (and, writing, set up WAL and the schema); the last id.
+        Closes ``db`` and raises JournalError when the file cannot be used."""
         try:
+            if writable:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
+                fix = "move it aside or upgrade" if writable else "upgrade"
                 raise JournalError(
-                    f"{self.path}: written by a newer healthd (schema {version}); upgrade"
+                    f"{self.path}: written by a newer healthd (schema {version}); {fix}"
                 )
-            last = db.execute("SELECT max(id) FROM events").fetchone()[0] or 0
+            if writable:
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return int(db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)
         except sqlite3.Error as exc:
             db.close()
             raise JournalError(f"{self.path}: {exc}") from None
         except JournalError:
             db.close()
             raise
-        self._db = db
-        self.committed_id = last
 
     def quarantine(self) -> Path:
         """Move an unusable events.db (and its WAL) aside, for a human to look at."""
