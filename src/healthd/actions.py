@@ -7,6 +7,7 @@ allowed to leave running is exactly what it started: it is not cleaned up after 
 
 from __future__ import annotations
 
+import errno
 from typing import Protocol
 
 from healthd import durations
@@ -38,9 +39,15 @@ class CommandActuator:
         argv = self.argv(cfg)
         outcome = await run_process(argv, self.timeout, kill_leftovers=False)
         if outcome.timed_out:
+            # What it printed before it hung ("waiting for lock ...") is often the why.
+            said = " ".join(outcome.output.split())
             raise RestartError(
                 f"{argv[0]}: no result within {durations.format_seconds(self.timeout)}, "
-                "process group killed"
+                "process group killed" + (f": {said}" if said else "")
             )
+        if outcome.spawn_error:  # it names the program already
+            if outcome.spawn_errno == errno.ENOENT and "/" not in argv[0]:
+                raise RestartError(f"{argv[0]}: command not found on the daemon's PATH")
+            raise RestartError(outcome.spawn_error)
         if not outcome.ok:
             raise RestartError(f"{' '.join(argv)}: {outcome.describe()}")

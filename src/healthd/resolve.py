@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from healthd.process import run_process
+from healthd import durations
+from healthd.process import ProcessOutcome, run_process
 
 FALLBACK = "127.0.0.1"
+MAX_REASON = 300  # machinectl's own words, kept short: they end up in every status
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +44,23 @@ class MachinectlResolver:
             [self.program, "show", workload, "-p", "Addresses"], self.timeout, output_cap=4096
         )
         if not outcome.ok:
-            why = outcome.describe() or "failed"
-            return Address(FALLBACK, f"fallback: machinectl {why}".strip())
+            return Address(FALLBACK, f"fallback: {self.program}: {self._why(outcome)}")
         for line in outcome.output.splitlines():
             if line.startswith("Addresses="):
                 parts = line.removeprefix("Addresses=").split()
                 if parts:
                     return Address(parts[0], "machinectl")
-        return Address(FALLBACK, "fallback: machinectl reported no address")
+        return Address(FALLBACK, f"fallback: {self.program} reported no address")
+
+    def _why(self, outcome: ProcessOutcome) -> str:
+        """One line for the status: what went wrong, with what machinectl said."""
+        if outcome.timed_out:
+            wait = durations.format_seconds(self.timeout)
+            why = f"no answer within {wait}, process group killed"
+            out = outcome.output
+        elif outcome.spawn_error:  # "machinectl: No such file or directory": name it once
+            return outcome.spawn_error.removeprefix(f"{self.program}: ")
+        else:
+            why, out = outcome.describe(), ""
+        text = " ".join(f"{why}: {out}".split()) if out.strip() else " ".join(why.split())
+        return text[:MAX_REASON] + ("..." if len(text) > MAX_REASON else "")

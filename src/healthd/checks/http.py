@@ -2,7 +2,8 @@
 
 Redirects are not followed (a 3xx is healthy, as its status says the server answers). The
 response is parsed with httptools on a plain asyncio protocol, with no client, pool or session
-objects. Headers are capped at 64 KiB and the body read at 10 KiB.
+objects. Headers are capped at 64 KiB and the body read at 10 KiB. The status decides: a body
+that is cut by a reset or stalls past the deadline after the headers came does not change it.
 
 Each workload keeps its HTTP/1.1 connection open between checks when the server allows it and
 the interval is short enough for the connection to be worth keeping: a check is then one write
@@ -121,6 +122,15 @@ class HttpProbe(Probe):
         else:
             self._open(loop)
 
+    def _on_deadline(self) -> None:
+        if self._parser is not None and self._status:
+            # The status and headers came in time and the body did not finish: the status
+            # decides, as it does for a body past the read cap (and as the reference, which
+            # never reads the body, would say); what came of the body is the error's snippet.
+            self._complete(keep=False)
+            return
+        super()._on_deadline()
+
     def _abort(self) -> None:
         self._parser = None
         self._drop_connection()
@@ -215,7 +225,7 @@ class HttpProbe(Probe):
             assert self._loop is not None
             self._open(self._loop)
         elif exc is not None:
-            self._fail(f"connection lost: {exc}")
+            self._fail(f"connection lost: {connect_error(exc)}")  # not "[Errno 104] ..."
         else:
             self._fail("connection closed before a response")
 

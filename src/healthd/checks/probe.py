@@ -107,6 +107,10 @@ class Probe:
             # uvloop's clock counts whole milliseconds: never report a timeout a hair early
             self._deadline = self._loop.call_later(left + 0.001, self._expire)
             return
+        self._on_deadline()
+
+    def _on_deadline(self) -> None:
+        """The deadline passed before a result: a timeout, unless the kind knows better."""
         self._abort()
         self._finish(False, f"timed out after {self._timeout_text}: {self.describe()}")
 

@@ -226,6 +226,13 @@ class WorkloadRunner:
             self._set_idle()
             return
         if not result.ok:
+            found = self._address
+            if found is not None and found.is_fallback:
+                # Say why this address, where the failure is read (status, events, alerts).
+                why = found.source.removeprefix("fallback: ")
+                result = result._replace(
+                    error=f"{result.error} ({found.host} is the fallback address: {why})"
+                )
             self._address = None  # the workload may have moved: look again next time
         decision = self.policy.on_result(result)
         self.history.record(result, time.time())
