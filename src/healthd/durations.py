@@ -23,16 +23,38 @@ _NS_PER_UNIT = {
     "h": 3_600_000_000_000,
 }
 _MAX_NS = (1 << 63) - 1  # Go's Duration is an int64 of nanoseconds
-_TERM = re.compile(r"(\d*)(?:\.(\d*))?([a-zµμ]+)")
-_BARE_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?|[-+]?\.\d+")
+# ASCII digits only: ``\d`` and int() also take "١٢" and other scripts' digits, which Go refuses.
+_TERM = re.compile(r"([0-9]*)(?:\.([0-9]*))?([a-zµμ]+)")
+_BARE_NUMBER = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?|[-+]?\.[0-9]+")
+_MAX_DIGITS = 19  # more significant digits than an int64 holds
+
+
+def _fraction_ns(digits: str, scale: int) -> int:
+    """Go's leadingFraction and its float64 step, so results match it to the nanosecond.
+
+    Go keeps fraction digits only while they fit an int64 and ignores the rest; doing the same
+    also bounds the work for a line of a million digits.
+    """
+    value, div = 0, 1.0
+    for c in digits:
+        if value > _MAX_NS // 10 or value * 10 + int(c) > _MAX_NS + 1:
+            break
+        value = value * 10 + int(c)
+        div *= 10
+    return int(float(value) * (float(scale) / div)) if value else 0
 
 
 def parse_ns(text: str) -> int:
-    """Parse a Go duration into integer nanoseconds."""
+    """Parse a Go duration into integer nanoseconds.
+
+    Exactly what Go's ``time.ParseDuration`` accepts, no more: no surrounding spaces, ASCII
+    digits, the int64 range. Anything else raises DurationError (and nothing else).
+    """
     original = text
     if not isinstance(text, str):
         raise DurationError(f"expected a duration string such as '30s', got {text!r}")
-    text = text.strip()
+    # a megabyte of digits is refused in a line that still fits a terminal
+    shown = repr(text) if len(text) <= 64 else repr(text[:48]) + f"... ({len(text)} characters)"
     sign = 1
     if text[:1] in "+-" and text:
         sign = -1 if text[0] == "-" else 1
@@ -40,33 +62,35 @@ def parse_ns(text: str) -> int:
     if text == "0":
         return 0
     if not text:
-        raise DurationError(f"invalid duration {original!r}: empty")
+        raise DurationError(f"invalid duration {shown}: empty")
     if _BARE_NUMBER.fullmatch(text):
         raise DurationError(
-            f"invalid duration {original!r}: missing unit (did you mean '{original.strip()}s'? "
+            f"invalid duration {shown}: missing unit (did you mean '{original.strip()}s'? "
             "units: ns, us, ms, s, m, h)"
         )
+    out_of_range = DurationError(f"invalid duration {shown}: out of range (more than ~292 years)")
     total = 0
     pos = 0
     while pos < len(text):
         m = _TERM.match(text, pos)
         if not m or (not m.group(1) and not m.group(2)):
             raise DurationError(
-                f"invalid duration {original!r}: use Go syntax such as '30s', '1m30s', '250ms'"
+                f"invalid duration {shown}: use Go syntax such as '30s', '1m30s', '250ms'"
             )
-        whole, frac, unit = m.group(1), m.group(2) or "", m.group(3)
+        whole, frac, unit = m.group(1).lstrip("0"), m.group(2) or "", m.group(3)
         scale = _NS_PER_UNIT.get(unit)
         if scale is None:
             raise DurationError(
-                f"invalid duration {original!r}: unknown unit {unit!r} (use ns, us, ms, s, m, h)"
+                f"invalid duration {shown}: unknown unit {unit!r} (use ns, us, ms, s, m, h)"
             )
-        value = int(whole or "0") * scale
-        if frac:
-            value += int(frac) * scale // 10 ** len(frac)
-        total += value
+        if len(whole) > _MAX_DIGITS or int(whole or "0") > (_MAX_NS + 1) // scale:
+            raise out_of_range
+        total += int(whole or "0") * scale + _fraction_ns(frac, scale)
+        if total > _MAX_NS + 1:
+            raise out_of_range
         pos = m.end()
     if total > _MAX_NS + (sign < 0):
-        raise DurationError(f"invalid duration {original!r}: out of range (more than ~292 years)")
+        raise out_of_range
     return sign * total
 
 

@@ -330,6 +330,7 @@ def test_the_signature_verifies_with_the_secret_and_not_with_another(
     receiver.start()
     secret_file = tmp_path / "webhook.secret"
     secret_file.write_text("s3cret-Ä\n")  # the trailing newline is not part of the key
+    secret_file.chmod(0o600)  # a secret file must be private, as the token file
     sinks(daemon, hook(receiver, secret_file=str(secret_file), events=["unhealthy", "healthy"]))
     flag = flapper(daemon, "job", tmp_path)
     daemon.start()
@@ -676,6 +677,7 @@ async def test_an_empty_secret_is_refused(receiver: Receiver, tmp_path: Path, co
     receiver.start()
     secret = tmp_path / "secret"
     secret.write_text(content)
+    secret.chmod(0o600)  # a secret file must be private, as the token file
     sink = webhook(receiver, secret_file=secret)
     try:
         with pytest.raises(DeliveryError, match="is empty: refusing to sign"):

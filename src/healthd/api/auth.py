@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from healthd import secret_file
 from healthd.api.messages import HttpError, Request
 from healthd.errors import HealthdError
 
@@ -51,19 +51,9 @@ def read_token(path: Path) -> bytes:
 
 
 def _check_file(path: Path, info: os.stat_result) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        raise TokenFileError(f"api.token_file {path}: not a regular file")
-    if info.st_mode & 0o077:
-        raise TokenFileError(
-            f"api.token_file {path}: mode {stat.S_IMODE(info.st_mode):04o} lets group or "
-            f"others read or write it; run: chmod 600 {path}"
-        )
-    owner = os.geteuid()
-    if info.st_uid not in (0, owner):
-        raise TokenFileError(
-            f"api.token_file {path}: it belongs to uid {info.st_uid}, who could change the "
-            f"token; run: chown {owner} {path}"
-        )
+    reason = secret_file.problem(path, info, "token")
+    if reason:
+        raise TokenFileError(f"api.token_file {path}: {reason}")
 
 
 @dataclass(frozen=True)

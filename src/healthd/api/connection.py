@@ -192,7 +192,9 @@ class Connection(asyncio.Protocol):
         raw_path, _, raw_query = self.url.decode("latin-1").partition("?")
         request = Request(
             method=self.parser.get_method().decode("ascii", "replace"),
-            path=unquote(raw_path),
+            # %2F stays as sent: an encoded slash is data, not a separator, so
+            # "/-%2Freload" or "/v1/workloads%2Fweb%2Fpause" name no route (RFC 3986)
+            path=unquote(raw_path.replace("%2F", "%252F").replace("%2f", "%252f")),
             query=parse_qs(raw_query, keep_blank_values=True),
             headers=self.headers,
             body=bytes(self.body),

@@ -23,6 +23,17 @@ class Invalid(ValueError):
     """A value that does not fit its key; the caller adds file, line and key."""
 
 
+def reader_problem(exc: yaml.YAMLError, text: str, file: str) -> Problem:
+    """A YAML error without a mark (a character YAML refuses, such as NUL): the line from its
+    position, so the problem still says where to look."""
+    position = getattr(exc, "position", None)
+    character = getattr(exc, "character", None)
+    if isinstance(position, int) and isinstance(character, int):
+        line = text.count("\n", 0, position) + 1
+        return Problem(file, line, "", f"character U+{character:04X} is not allowed in YAML")
+    return Problem(file, 1, "", f"YAML error: {exc}")
+
+
 def is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag == NULL
 

@@ -24,11 +24,12 @@ sinks:
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import yaml
 
@@ -78,6 +79,26 @@ def public_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port is not None else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def redact(text: str, settings: SinkSettings) -> str:
+    """``text`` (a delivery error: logged, journaled, shown) without the secrets the sink's
+    settings hold. An error may quote the URL it posted to, and a receiver may echo back what
+    it got: a header's value, the query, the user and password (also as HTTP basic auth)."""
+    if not text:
+        return text
+    if settings.url:
+        text = text.replace(settings.url, public_url(settings.url))
+    parts = urlsplit(settings.url)
+    secrets = [parts.password or "", parts.query, *settings.headers.values()]
+    if parts.username is not None or parts.password is not None:
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        secrets += [unquote(parts.password or ""), base64.b64encode(pair.encode()).decode()]
+    # Not a value of a few characters ("X-Team: ops"): a secret is longer, and replacing
+    # every "ops" would garble the message.
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _event_types(node: yaml.Node) -> tuple[EventType, ...]:

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 
 from healthd import durations
+from healthd.config.sinks import redact
 from healthd.engine.scheduler import SystemUniform, Uniform
 from healthd.logs import Logger
 from healthd.sinks import DeliveryError, Sink
@@ -53,6 +54,8 @@ class Dispatcher:
         # (workload, type) -> timestamp of the last event of that kind delivered
         self._last_sent: dict[tuple[str, str], float] = {}
         self._errors: dict[int, str] = {}  # delivery id -> its last error, while it is retried
+        # delivery id -> time.monotonic() of its next attempt, for retries this run scheduled
+        self._retry_at: dict[int, float] = {}
 
     async def run(self) -> None:
         """Deliver until cancelled. A failing journal (a full disk, a locked database) is
@@ -78,12 +81,21 @@ class Dispatcher:
                 continue
             self.idle.clear()
             for delivery in due:
-                wait = delivery.next_at - time.time()
+                wait = self._wait(delivery)
                 if wait > 0:
                     await self._sleep(wait)
                     break  # read the outbox again: it may have changed meanwhile
                 if not await self._attempt(delivery):
                     break  # to be retried first: the events after it wait, in order
+
+    def _wait(self, d: Delivery) -> float:
+        """Seconds before ``d`` may be tried. A retry scheduled by this run waits on the
+        monotonic clock: a wall clock set back an hour must not put it off an hour. One left
+        by an earlier run has only its wall-clock time, and waits no longer than a backoff."""
+        at = self._retry_at.get(d.id)
+        if at is not None:
+            return at - time.monotonic()
+        return min(d.next_at - time.time(), MAX_RETRY)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -135,6 +147,7 @@ class Dispatcher:
             return True
         self._errors[d.id] = error
         retry_in = backoff(attempts, self.rng)
+        self._retry_at[d.id] = time.monotonic() + retry_in
         await self.journal.call(
             self.journal.retry_later, d.id, attempts, time.time() + retry_in, error
         )
@@ -155,13 +168,15 @@ class Dispatcher:
             async with asyncio.timeout(timeout):
                 await self.sink.deliver(d.event, reminder=d.reminder)
         except DeliveryError as exc:
-            return str(exc) or type(exc).__name__, exc.permanent
+            # redacted here, once: the text goes to the log, the journal and the API
+            return redact(str(exc), self.sink.settings) or type(exc).__name__, exc.permanent
         except TimeoutError:
             return f"no answer within {durations.format_seconds(timeout)}", False
         except Exception as exc:  # a sink's bug: keep the event, try again later
-            return f"{type(exc).__name__}: {exc}", False
+            return redact(f"{type(exc).__name__}: {exc}", self.sink.settings), False
         return None, False
 
     async def _settle(self, d: Delivery, state: str, attempts: int, error: str) -> None:
         await self.journal.call(self.journal.settle, d.id, state, attempts, error)
+        self._retry_at.pop(d.id, None)
         self.outcomes[state] += 1

@@ -17,12 +17,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
+import stat
 from pathlib import Path
 
 import httpx
 
-from healthd import __version__
+from healthd import __version__, secret_file
 from healthd.config.sinks import SinkSettings, public_url
+from healthd.errors import HealthdError
 from healthd.logs import Logger
 from healthd.model import Event
 from healthd.sinks import DeliveryError
@@ -34,18 +37,45 @@ _SECRET_AT_MOST = 65536
 
 def read_secret(path: Path) -> bytes:
     """The signing key in ``path``: its content without surrounding whitespace (a trailing
-    newline is how editors and ``echo`` leave it). Raises DeliveryError when it cannot be used."""
+    newline is how editors and ``echo`` leave it). The file must be private like the API
+    token's (``healthd.secret_file``). Raises DeliveryError when it cannot be used."""
     try:
-        with path.open("rb") as fh:
-            data = fh.read(_SECRET_AT_MOST + 1)
+        secret = secret_file.read(path, "signing key", _SECRET_AT_MOST)
     except OSError as exc:
         raise DeliveryError(f"secret_file {path}: {exc.strerror or exc}") from None
-    if len(data) > _SECRET_AT_MOST:
-        raise DeliveryError(f"secret_file {path}: larger than {_SECRET_AT_MOST} bytes")
-    secret = data.strip()
+    except ValueError as exc:
+        raise DeliveryError(f"secret_file {path}: {exc}") from None
     if not secret:
         raise DeliveryError(f"secret_file {path} is empty: refusing to sign with an empty key")
     return secret
+
+
+def check_secret_file(settings: SinkSettings) -> None:
+    """At start: a secret file that exists but is not private (or not a file) stops the
+    daemon with the fix, as a loose API token file does. A missing or empty one is left to
+    the deliveries, which wait for it (an operator may write it after the start)."""
+    path = settings.secret_file
+    if path is None:
+        return
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SecretFileError(
+            f"sinks.{settings.name}.secret_file {path}: {exc.strerror or exc}"
+        ) from None
+    reason = (
+        "a symbolic link: name the file itself"
+        if stat.S_ISLNK(info.st_mode)
+        else secret_file.problem(path, info, "signing key")
+    )
+    if reason:
+        raise SecretFileError(f"sinks.{settings.name}.secret_file {path}: {reason}")
+
+
+class SecretFileError(HealthdError):
+    """A webhook's secret_file that must not be used (loose mode, owner, not a file)."""
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -62,6 +92,7 @@ def body_of(event: Event, *, reminder: bool) -> bytes:
 
 class WebhookSink:
     def __init__(self, settings: SinkSettings, log: Logger) -> None:
+        check_secret_file(settings)
         self.settings = settings
         self.log = log.bind(sink=settings.name)
         self._client: httpx.AsyncClient | None = None
