@@ -15,9 +15,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from healthd import __version__, durations
+from healthd import __version__, durations, secret_file
 from healthd.checks import KINDS
-from healthd.config import editor
+from healthd.checks.exec import pass_environment
+from healthd.config import editor, trust
 from healthd.config.daemon import DaemonSettings, default_config_dir, default_status_dir
 from healthd.config.daemon_file import (
     DEFAULT_DAEMON_CONFIG,
@@ -26,7 +27,7 @@ from healthd.config.daemon_file import (
     read_daemon_file,
 )
 from healthd.config.loader import load_dir
-from healthd.config.workload import WorkloadConfig
+from healthd.config.workload import ENV_NAME, WorkloadConfig
 from healthd.errors import ConfigError, DurationError, HealthdError
 from healthd.logs import make_logger
 from healthd.loop import run_loop
@@ -98,8 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"API address (default: api.listen, or {DEFAULT_LISTEN}); '' turns it off",
     )
 
+    def strict_modes(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--no-strict-modes",
+            action="store_true",
+            help="as root, run exec checks and restart commands even from files or dirs that "
+            "others could change (security.strict_modes: false)",
+        )
+
+    strict_modes(run)
+    run.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable of the daemon's environment to exec checks (repeatable; "
+        "added to security.pass_environment)",
+    )
+
     validate = sub.add_parser("validate", help="check every workload file; exit 1 on problems")
     config_dir(validate)
+    daemon_config(validate)
+    strict_modes(validate)
 
     add = sub.add_parser("add", help="write (or replace) a workload file")
     config_dir(add)
@@ -121,6 +142,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="command line run to restart ({workload} is substituted)",
     )
     add.add_argument("--disabled", action="store_true", help="configure, but do not monitor")
+    add.add_argument(
+        "--command",
+        dest="exec_command",  # "command" is the subcommand's
+        default=None,
+        metavar="CMD",
+        help="exec: argv (split like a shell, run without one)",
+    )
+    add.add_argument("--user", default=None, help="exec: run the check as this user (root only)")
+    add.add_argument(
+        "--group", default=None, help="exec: ... with this group (default: the user's)"
+    )
+    add.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="exec: a variable of the check's environment (repeatable)",
+    )
 
     rm = sub.add_parser("rm", help="remove a workload file")
     config_dir(rm)
@@ -224,13 +263,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    daemon_file = read_daemon_file(args.daemon_config)
+    security = daemon_file.security
+    for name in args.pass_env:
+        if not ENV_NAME.fullmatch(name):
+            print(f"healthd: --pass-env: {name!r} is not a variable name", file=sys.stderr)
+            return USAGE
+    pass_environment([*security.pass_environment, *args.pass_env])
     settings = DaemonSettings(
         config_dir=args.config_dir,
         status_dir=args.status_dir,
         unit_template=args.unit_template,
         restart_timeout=args.restart_timeout,
+        strict_modes=security.strict_modes and not args.no_strict_modes,
     )
-    daemon_file = read_daemon_file(args.daemon_config)
     api = daemon_file.api
     if args.listen is not None:
         try:
@@ -239,6 +285,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"healthd: --listen: {exc}", file=sys.stderr)
             return USAGE
     log = make_logger(fmt=args.log_format)
+    loose, where = secret_file.loose_credentials(daemon_file.path, daemon_file.sinks)
+    if loose:  # said at every start: the credentials are readable by others right now
+        log.warning(
+            "credentials_readable",
+            file=str(daemon_file.path),
+            keys=", ".join(where),
+            problem=loose,
+        )
+    if not settings.strict_modes and trust.applies():
+        log.warning(
+            "strict_modes_off",
+            message="running exec checks and restart commands from files anyone may change",
+        )
     # The daemon's parts are loaded by the daemon only: the other commands start faster.
     from healthd.api.service import ApiService  # noqa: PLC0415
     from healthd.engine.daemon import Daemon  # noqa: PLC0415
@@ -262,7 +321,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = load_dir(args.config_dir)
+    strict = read_daemon_file(args.daemon_config).security.strict_modes
+    result = load_dir(args.config_dir, strict_modes=strict and not args.no_strict_modes)
     for problem in result.problems:
         print(problem)
     disabled = sum(not c.enabled for c in result.configs.values())
@@ -275,13 +335,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_add(args: argparse.Namespace) -> int:
-    restart_command = None
-    if args.restart_command is not None:
-        try:
-            restart_command = tuple(shlex.split(args.restart_command))
-        except ValueError as exc:
-            print(f"healthd: --restart-command: {exc}", file=sys.stderr)
-            return USAGE
+    argvs: dict[str, tuple[str, ...] | None] = {"restart-command": None, "command": None}
+    for option, text in zip(argvs, (args.restart_command, args.exec_command), strict=True):
+        if text is not None:
+            try:
+                argvs[option] = tuple(shlex.split(text))
+            except ValueError as exc:
+                print(f"healthd: --{option}: {exc}", file=sys.stderr)
+                return USAGE
+    env = [item.partition("=") for item in args.env]
+    if any(not sep for _, sep, _ in env):
+        print("healthd: --env: expected NAME=VALUE", file=sys.stderr)
+        return USAGE
     cfg = WorkloadConfig(
         workload=args.workload,
         type=args.type,
@@ -295,7 +360,11 @@ def cmd_add(args: argparse.Namespace) -> int:
         restart_delay=args.restart_delay,
         enabled=not args.disabled,
         host=args.host,
-        restart_command=restart_command,
+        restart_command=argvs["restart-command"],
+        command=argvs["command"],
+        user=args.user,
+        group=args.group,
+        env=tuple((name, value) for name, _, value in env) or None,
     )
     try:
         path, created = editor.write(args.config_dir, cfg)

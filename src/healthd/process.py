@@ -1,7 +1,8 @@
 """Run a command with a hard deadline, in its own process group, with capped output.
 
 Shared by exec checks, restart commands and the machinectl lookup. The child is started with
-``posix_spawn`` (a vfork on Linux: no copy of the daemon's memory, no thread), leads a new
+``posix_spawn`` (a vfork on Linux: no copy of the daemon's memory, no thread; a child that
+must run as another user is forked instead, see ``_spawn_as``), leads a new
 session so the deadline can kill its whole tree (a grandchild that ignores SIGTERM and holds
 stdout open included), and is reaped through a pidfd watched by the event loop, so thousands of
 children a second cost no child-watcher threads. Output is read continuously so a chatty child
@@ -18,9 +19,12 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+
+from healthd.accounts import Credentials
 
 # After the child exits, how long to wait for its pipe to reach EOF. Well-behaved commands close
 # it with their exit; a detached grandchild that keeps it open must not stall us.
@@ -67,29 +71,32 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-_program_paths: dict[str, str] = {}
+_program_paths: dict[tuple[str, str | None], str] = {}
 
 
-def program_path(name: str) -> str | None:
-    """``name`` looked up on PATH like execvp does, remembered: checks spawn the same few.
+def program_path(name: str, search_path: str | None = None) -> str | None:
+    """``name`` looked up like execvp does, on ``search_path`` (a PATH value; None: the
+    daemon's own), remembered: checks spawn the same few.
 
     Not shutil.which: importing shutil loads the bz2 and lzma modules, half a megabyte of
     resident memory the daemon never uses."""
     if "/" in name:
         return name
-    found = _program_paths.get(name)
+    key = (name, search_path)
+    found = _program_paths.get(key)
     if found is None:  # not found is not remembered: the program may be installed later
+        directories = os.get_exec_path(None if search_path is None else {"PATH": search_path})
         found = next(
             (
                 path
-                for directory in os.get_exec_path()
+                for directory in directories
                 if os.path.isfile(path := os.path.join(directory, name))
                 and os.access(path, os.X_OK)
             ),
             None,
         )
         if found is not None:
-            _program_paths[name] = found
+            _program_paths[key] = found
     return found
 
 
@@ -125,12 +132,55 @@ def _spawn(
         os.close(output)
         if stdin >= 0:
             os.close(stdin)
+    return pid, _watch(pid)
+
+
+def _watch(pid: int) -> int:
     try:
-        return pid, os.pidfd_open(pid)
+        return os.pidfd_open(pid)
     except OSError:  # out of descriptors: do not leave a child we cannot watch
         kill_group(pid)
         os.waitpid(pid, 0)
         raise
+
+
+def _spawn_as(
+    path: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    output: int,
+    stdin: int,
+    *,
+    creds: Credentials,
+) -> tuple[int, int]:
+    """``_spawn``, but the child switches to ``creds`` before its exec.
+
+    posix_spawn cannot change the user, so this is subprocess's fork_exec, which sets the
+    groups, then the gid, then the uid in the child (a vfork cannot: the credentials would
+    change under the parent's threads), closes every other descriptor, and reports a failed
+    switch or exec as an OSError here. The Popen object is only the spawner: it is marked
+    done at once so that it never waits for the pid itself (our pidfd reaps it; a Popen left
+    unfinished would later waitpid a pid that may by then be another child's)."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            executable=path,
+            stdin=subprocess.DEVNULL if stdin < 0 else stdin,
+            stdout=output,
+            stderr=output,
+            env=env,
+            start_new_session=True,
+            restore_signals=True,
+            user=creds.uid,
+            group=creds.gid,
+            extra_groups=list(creds.groups),
+        )
+    finally:
+        os.close(output)
+        if stdin >= 0:
+            os.close(stdin)
+    proc.returncode = 0  # see above: reaped through the pidfd, never by Popen
+    return proc.pid, _watch(proc.pid)
 
 
 class Child:
@@ -171,9 +221,11 @@ class Child:
         kill_leftovers: bool = True,
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
-        """Spawn ``argv`` (with ``stdin`` to read, if given); on failure ``done`` is called
-        before this returns."""
+        """Spawn ``argv`` (with ``stdin`` to read, if given; as ``credentials`` if given:
+        only root can); on failure ``done`` is called before this returns. ``argv[0]`` is
+        looked up on the PATH of ``env`` (the daemon's own when None)."""
         self._loop = asyncio.get_running_loop()
         self._done: Callable[[ProcessOutcome], None] | None = done
         self._cap = output_cap
@@ -193,7 +245,7 @@ class Child:
         self.pid = 0
         self._argv0 = argv[0]
         self._started = time.monotonic()
-        path = program_path(argv[0])
+        path = program_path(argv[0], None if env is None else env.get("PATH", os.defpath))
         if path is None:
             self._spawn_failed(f"{argv[0]}: No such file or directory", errno.ENOENT)
             return
@@ -220,11 +272,20 @@ class Child:
             # In the caller's thread: spawning from a thread pool was measured to gain little
             # throughput, cost more CPU per check, and let a spawn queued at shutdown start
             # a command nobody watches.
-            self.pid, self._pidfd = _spawn(path, list(argv), env, write_end, child_stdin)
-        except OSError as exc:
+            if credentials is None:
+                spawned = _spawn(path, list(argv), env, write_end, child_stdin)
+            else:
+                spawned = _spawn_as(
+                    path, list(argv), env, write_end, child_stdin, creds=credentials
+                )
+            self.pid, self._pidfd = spawned
+        except (OSError, ValueError) as exc:
+            # ValueError: a NUL byte in an argument or the environment, which exec cannot pass
             self._close_pipe()
             self._close_stdin()
-            self._spawn_failed(f"{argv[0]}: {exc.strerror or exc}", exc.errno or 0)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            code = exc.errno if isinstance(exc, OSError) else 0
+            self._spawn_failed(f"{argv[0]}: {reason}", code or 0)
             return
         self._loop.add_reader(self._pidfd, self._on_exit)
         if self._stdin >= 0:
@@ -350,6 +411,7 @@ async def run_process(
     kill_leftovers: bool = True,
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
+    credentials: Credentials | None = None,
 ) -> ProcessOutcome:
     """Run ``argv`` (no shell) for at most ``timeout`` seconds, with ``stdin`` as its input
     (None: /dev/null).
@@ -365,7 +427,13 @@ async def run_process(
             finished.set_result(outcome)
 
     child = Child(
-        argv, deliver, output_cap=output_cap, kill_leftovers=kill_leftovers, env=env, stdin=stdin
+        argv,
+        deliver,
+        output_cap=output_cap,
+        kill_leftovers=kill_leftovers,
+        env=env,
+        stdin=stdin,
+        credentials=credentials,
     )
     deadline = loop.call_later(timeout, child.kill)
     try:

@@ -187,6 +187,8 @@ class DaemonProc:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    # argv -> the argv to run instead (e.g. under setpriv, as an unprivileged user)
+    wrap: Callable[[list[str]], list[str]] | None = None
 
     @property
     def daemon_config(self) -> Path:
@@ -221,9 +223,13 @@ class DaemonProc:
         argv += ["--status-dir", str(self.status_dir)]
         if "--listen" not in extra:  # a free port each time: tests never fight over 9780
             argv += ["--listen", "127.0.0.1:0"]
-        argv += ["--daemon-config", str(self.daemon_config), *extra]
+        # exec checks get none of the daemon's environment but what is passed: the marker
+        # must reach them, so that the test's cleanup finds whatever they leave running
+        argv += ["--pass-env", MARK_VAR, "--daemon-config", str(self.daemon_config), *extra]
         if not self.daemon_config.exists():
             self.daemon_config.write_text("# written by the test harness\n")
+        if self.wrap is not None:
+            argv = self.wrap(argv)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,

@@ -40,7 +40,11 @@ BAD_FILES: dict[str, list[tuple[int, str]]] = {
     "invalid-check-type": [(2, "type: unknown check type 'grpc' (use one of: exec, http, tcp)")],
     "invalid-tcp-no-port": [(1, "port: required for tcp checks")],
     "invalid-exec-no-target": [
-        (1, "target: required for exec checks: the command to run with sh -c")
+        (
+            1,
+            "target: required for exec checks: the command to run with sh -c "
+            "(or command: an argv list, run without a shell)",
+        )
     ],
     "invalid-port-zero": [(3, "port: 0 is outside 1-65535")],
     "invalid-port-too-big": [(3, "port: 70000 is outside 1-65535")],
@@ -70,6 +74,40 @@ BAD_FILES: dict[str, list[tuple[int, str]]] = {
     "invalid-http-target": [(3, "target: must be a URL path starting with '/', got 'healthz'")],
     # The aliases are never expanded: the field sees one list and says so.
     "invalid-alias-bomb": [(5, "port: expected a single value, got a list")],
+    # exec checks: command, user, group, env
+    "invalid-exec-both": [
+        (4, "command: set either command (an argv list) or target (sh -c), not both")
+    ],
+    "invalid-exec-command-string": [
+        (4, "command: expected a list of arguments, e.g. [pg_isready, -h, 127.0.0.1]")
+    ],
+    "invalid-exec-unknown-user": [(4, "user: unknown user 'no-such-user-healthd'")],
+    "invalid-exec-unknown-group": [(5, "group: unknown group 'no-such-group-healthd'")],
+    "invalid-exec-group-without-user": [
+        (4, "group: set user as well: group only says which group the user runs with")
+    ],
+    "invalid-exec-user-id-range": [(4, "user: user id 4294967295 is out of range (0-4294967294)")],
+    "invalid-exec-env-name": [
+        (
+            5,
+            "env: invalid variable name '1PGHOST': use letters, digits and _, "
+            "not starting with a digit",
+        )
+    ],
+    "invalid-exec-env-list": [
+        (4, "env: expected a mapping of variable names to values, e.g. {PGUSER: app}")
+    ],
+    "invalid-exec-keys-on-tcp": [
+        (4, "command: only for exec checks (this is a tcp check)"),
+        (5, "user: only for exec checks (this is a tcp check)"),
+        (6, "env: only for exec checks (this is a tcp check)"),
+    ],
+    # exec cannot pass a NUL byte: it used to reach posix_spawn and crash the check
+    "invalid-nul-byte": [(4, "target: must not contain a NUL byte")],
+    # it used to crash the tcp check (ValueError from getaddrinfo) and hang the http check
+    "invalid-host-nul": [
+        (4, "host: must be an address or host name without spaces or control characters")
+    ],
 }
 
 

@@ -138,7 +138,7 @@ def test_empty_socket_and_token_file_mean_not_set() -> None:
 
 def test_unknown_top_level_key() -> None:
     assert problems("api: {}\nlisten: 127.0.0.1:1\n") == [
-        f"{PATH}:2: listen: unknown key (known: api, events, sinks)"
+        f"{PATH}:2: listen: unknown key (known: api, events, sinks, security)"
     ]
 
 
@@ -195,7 +195,7 @@ def test_every_problem_is_reported_at_once() -> None:
             f"{PATH}:2: api.listen: 'nohostport': expected HOST:PORT, e.g. 127.0.0.1:9780",
             f"{PATH}:3: api.socket: 'rel': use an absolute path",
             f"{PATH}:4: api.bogus: unknown key (known: listen, socket, token_file)",
-            f"{PATH}:5: extra: unknown key (known: api, events, sinks)",
+            f"{PATH}:5: extra: unknown key (known: api, events, sinks, security)",
         ]
     )
 

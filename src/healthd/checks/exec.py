@@ -1,9 +1,16 @@
-"""exec: ``sh -c TARGET`` on the host; exit status 0 is healthy.
+"""exec: a command on the host; exit status 0 is healthy.
+
+``command`` is an argv list, executed as it is; ``target`` (the reference's key) is a command
+line run with ``sh -c``. ``user`` and ``group`` run it as that account (root only can). Its
+environment is ``PATH`` (``DEFAULT_PATH`` unless ``env`` sets it), the names the daemon was
+told to pass through from its own (``security.pass_environment``) and ``env``: nothing else of
+the daemon's, so a check does the same from ``healthd check`` as in the daemon, and a check run
+as another user learns nothing of root's environment.
 
 The command runs in its own process group; at the deadline (or when it exits) the whole group
 is killed, so a check leaves nothing running. Output is kept up to 4 KiB for the error text.
 
-A command that is nothing but plain words (no quotes, expansions, globs, redirections,
+A ``target`` that is nothing but plain words (no quotes, expansions, globs, redirections,
 operators or comments), whose first word is a program on PATH and not something the shell
 treats itself, means the same to ``sh -c`` as to a direct exec of its words: it is run
 directly, sparing a shell on every check (measured with ``true``: 0.19 ms less CPU per check,
@@ -15,11 +22,14 @@ only a command killed by a signal reads "killed by SIGTERM" rather than the shel
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import shlex
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from healthd import accounts
 from healthd.checks.probe import Probe
 from healthd.process import Child, ProcessOutcome, program_path
 
@@ -27,6 +37,9 @@ if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
 
 OUTPUT_CAP = 4096
+# systemd's default PATH for services: the system's programs, nothing writable by users
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_passed: dict[str, str] = {}
 _STOP_SIGNALS = frozenset(-s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 _STOP_SIGNAL_GRACE = 0.25  # a loop busy with thousands of checks sees signals late
 
@@ -91,8 +104,22 @@ _SHELL_WORDS = frozenset(
 )
 
 
-def direct_argv(command: str) -> list[str] | None:
-    """The words to exec when ``sh -c command`` would only run them as they are, else None."""
+def pass_environment(names: Iterable[str], environ: Mapping[str, str] = os.environ) -> None:
+    """Give every exec check these variables of ``environ`` (those set), from now on."""
+    _passed.clear()
+    _passed.update((name, environ[name]) for name in names if name in environ)
+
+
+def environment(cfg: WorkloadConfig) -> dict[str, str]:
+    """The whole environment of ``cfg``'s command."""
+    env = {"PATH": DEFAULT_PATH, **_passed}
+    env.update(cfg.env or ())
+    return env
+
+
+def direct_argv(command: str, search_path: str | None = None) -> list[str] | None:
+    """The words to exec when ``sh -c command`` would only run them as they are, else None.
+    Programs are looked up on ``search_path`` (None: the daemon's PATH)."""
     text = command.strip()
     if not _PLAIN_WORDS.fullmatch(text):
         return None
@@ -100,7 +127,7 @@ def direct_argv(command: str) -> list[str] | None:
     first = words[0]
     if first in _SHELL_WORDS or "=" in first:  # FOO=1 cmd is an assignment for sh
         return None
-    if program_path(first) is None:  # let sh say "not found" the way people know
+    if program_path(first, search_path) is None:  # let sh say "not found" as people know
         return None
     return words
 
@@ -109,22 +136,48 @@ class ExecProbe(Probe):
     __slots__ = (
         "_argv",
         "_child",
+        "_credentials",
+        "_env",
+        "_refused",
         "_runs",
     )
 
     def __init__(self, cfg: WorkloadConfig) -> None:
         super().__init__(cfg)
-        direct = direct_argv(cfg.target)
-        self._argv = tuple(direct) if direct else ("sh", "-c", cfg.target)
+        self._env = environment(cfg)
+        if cfg.command:
+            self._argv = cfg.command
+        else:
+            direct = direct_argv(cfg.target, self._env["PATH"])
+            self._argv = tuple(direct) if direct else ("sh", "-c", cfg.target)
         self._child: Child | None = None
         self._runs = 0
+        self._credentials: accounts.Credentials | None = None
+        self._refused = ""  # why the check cannot run as its user (the accounts changed)
+        if cfg.user is not None:
+            try:
+                creds = accounts.resolve(cfg.user, cfg.group)
+            except accounts.AccountError as exc:
+                self._refused = f"cannot run as user {cfg.user!r}: {exc}"
+            else:
+                self._refused = accounts.unusable(creds) or ""
+                self._credentials = accounts.for_child(creds)
 
     def describe(self) -> str:
         return ExecCheck.describe(self.cfg, self.address)
 
     def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
         self._runs += 1
-        self._child = Child(self._argv, self._exited, output_cap=OUTPUT_CAP)
+        if self._refused:
+            self._finish(False, f"exec check failed: {self._refused}")
+            return
+        self._child = Child(
+            self._argv,
+            self._exited,
+            output_cap=OUTPUT_CAP,
+            env=self._env,
+            credentials=self._credentials,
+        )
 
     def _exited(self, outcome: ProcessOutcome) -> None:
         self._child = None
@@ -157,12 +210,31 @@ class ExecCheck:
         return cfg
 
     def validate(self, cfg: WorkloadConfig) -> Iterable[tuple[str, str]]:
-        if not cfg.target:
-            yield "target", "required for exec checks: the command to run with sh -c"
+        if cfg.target and cfg.command:
+            yield "command", "set either command (an argv list) or target (sh -c), not both"
+        elif not cfg.target and not cfg.command:
+            yield (
+                "target",
+                "required for exec checks: the command to run with sh -c "
+                "(or command: an argv list, run without a shell)",
+            )
+        if cfg.group is not None and cfg.user is None:
+            yield "group", "set user as well: group only says which group the user runs with"
+        if cfg.user is not None:
+            try:
+                creds = accounts.resolve(cfg.user, cfg.group)
+            except accounts.AccountError as exc:
+                yield exc.field, str(exc)
+            else:
+                if reason := accounts.unusable(creds):
+                    yield "user", reason
 
     @staticmethod
     def describe(cfg: WorkloadConfig, address: str) -> str:
-        return f"sh -c {cfg.target!r}"
+        what = shlex.join(cfg.command) if cfg.command else f"sh -c {cfg.target!r}"
+        if cfg.user is not None:
+            what += f" (as {cfg.user}{':' + cfg.group if cfg.group is not None else ''})"
+        return what
 
     def probe(self, cfg: WorkloadConfig) -> ExecProbe:
         return ExecProbe(cfg)

@@ -33,3 +33,4 @@ class DaemonSettings:
     stop_grace: float = 10.0  # in-flight checks and restarts may finish within this at stop
     exec_in_flight: int = 64  # exec checks running at once; more wait their turn (lag)
     lag_warning: float = 1.0  # warn when the p99 of how late checks start exceeds this
+    strict_modes: bool = True  # as root, refuse commands from files others could change

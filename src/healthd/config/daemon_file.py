@@ -9,6 +9,9 @@ file named on the command line must exist.
       listen: 127.0.0.1:9780       # HTTP API; "" turns the TCP listener off
       socket: /run/healthd.sock    # also a Unix socket (mode 0660); off when not set
       token_file: /etc/volt/healthd.token   # bearer token for mutating calls (mode 0600)
+    security:
+      strict_modes: true           # as root: no commands from files others could change
+      pass_environment: [TZ]       # the daemon's variables that exec checks get too
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import yaml
 
 from healthd.config import nodes
 from healthd.config.sinks import SinkSettings, parse_sinks
+from healthd.config.workload import ENV_NAME
 from healthd.errors import ConfigError, Problem
 
 DEFAULT_DAEMON_CONFIG = Path("/etc/volt/healthd.yaml")
@@ -87,6 +91,15 @@ class EventsSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """``strict_modes``: see config/trust.py. ``pass_environment``: names of the daemon's own
+    environment variables that exec checks get as well (they get nothing else of it)."""
+
+    strict_modes: bool = True
+    pass_environment: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class DaemonFile:
     """What the daemon config file says (defaults where it says nothing)."""
 
@@ -94,6 +107,7 @@ class DaemonFile:
     api: ApiSettings = field(default_factory=ApiSettings)
     events: EventsSettings = field(default_factory=EventsSettings)
     sinks: tuple[SinkSettings, ...] = ()
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
 
 def _listen(node: yaml.Node) -> ListenAddress | None:
@@ -107,6 +121,27 @@ _API_KEYS: dict[str, nodes.Converter] = {
     "listen": _listen,
     "socket": nodes.path,
     "token_file": nodes.path,
+}
+
+
+def _flag(node: yaml.Node) -> bool:
+    word = nodes.string(node)
+    if word not in ("true", "false"):
+        raise nodes.Invalid(f"expected true or false, got {word!r}")
+    return word == "true"
+
+
+def _names(node: yaml.Node) -> tuple[str, ...]:
+    names = nodes.strings(node)
+    for name in names:
+        if not ENV_NAME.fullmatch(name):
+            raise nodes.Invalid(f"{name!r} is not an environment variable name")
+    return names
+
+
+_SECURITY_KEYS: dict[str, nodes.Converter] = {
+    "strict_modes": _flag,
+    "pass_environment": _names,
 }
 _EVENTS_KEYS: dict[str, nodes.Converter] = {
     "max_age": nodes.duration,
@@ -144,13 +179,14 @@ def parse_daemon_file(text: str, path: Path) -> DaemonFile:
             [Problem(file, mark.line + 1 if mark else 0, "", f"YAML syntax error: {reason}")]
         ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(file, 0, "", f"YAML error: {exc}")]) from None
+        raise ConfigError([nodes.reader_problem(exc, text, file)]) from None
     if root is None:
         return DaemonFile(path=path)
     problems: list[Problem] = []
     api: dict[str, Any] = {}
     events: dict[str, Any] = {}
     sinks: list[SinkSettings] = []
+    security: dict[str, Any] = {}
     for key, value, line in nodes.items(root, file, "", problems):
         if key == "api":
             api = nodes.section(value, file, "api", _API_KEYS, problems)
@@ -158,10 +194,18 @@ def parse_daemon_file(text: str, path: Path) -> DaemonFile:
             events = nodes.section(value, file, "events", _EVENTS_KEYS, problems)
         elif key == "sinks":
             sinks = parse_sinks(value, file, problems)
+        elif key == "security":
+            security = nodes.section(value, file, "security", _SECURITY_KEYS, problems)
         else:
-            problems.append(Problem(file, line, key, "unknown key (known: api, events, sinks)"))
+            problems.append(
+                Problem(file, line, key, "unknown key (known: api, events, sinks, security)")
+            )
     if problems:
         raise ConfigError(problems)
     return DaemonFile(
-        path=path, api=ApiSettings(**api), events=EventsSettings(**events), sinks=tuple(sinks)
+        path=path,
+        api=ApiSettings(**api),
+        events=EventsSettings(**events),
+        sinks=tuple(sinks),
+        security=SecuritySettings(**security),
     )

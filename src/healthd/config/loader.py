@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from healthd.config import trust
+from healthd.config.nodes import reader_problem
 from healthd.config.workload import (
     FIELDS,
     FieldProblem,
@@ -56,7 +58,7 @@ def parse_text(
         reason = " ".join(str(p) for p in (exc.context, exc.problem) if p)
         return None, [Problem(file, line, "", f"YAML syntax error: {reason}")]
     except yaml.YAMLError as exc:
-        return None, [Problem(file, 0, "", f"YAML error: {exc}")]
+        return None, [reader_problem(exc, text, file)]
     if root is None:
         return None, [Problem(file, 1, "", "empty file: expected a mapping with workload and type")]
     if not isinstance(root, yaml.MappingNode):
@@ -92,9 +94,20 @@ def parse_text(
     return build(values, lines, file, stem)
 
 
-def load_file(path: Path) -> tuple[WorkloadConfig | None, list[Problem]]:
-    """Read and parse one file; its name (without suffix) is the workload it must define."""
+def load_file(
+    path: Path, *, strict_modes: bool = True
+) -> tuple[WorkloadConfig | None, list[Problem]]:
+    """Read and parse one file; its name (without suffix) is the workload it must define.
+    ``strict_modes``: when running as root, refuse commands from a file others could change
+    (``trust.py``)."""
     file = str(path)
+    try:
+        file.encode("utf-8")
+    except UnicodeEncodeError:
+        # Not text anywhere it would be shown (log, event, API): named with the bad bytes
+        # escaped. No workload name could match it anyway.
+        shown = os.fsencode(file).decode("utf-8", "backslashreplace")
+        return None, [Problem(shown, 0, "", "file name is not UTF-8: rename the file")]
     try:
         # O_NONBLOCK: a FIFO named like a workload file must not hang the loader
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -115,7 +128,12 @@ def load_file(path: Path) -> tuple[WorkloadConfig | None, list[Problem]]:
     except UnicodeDecodeError as exc:
         return None, [Problem(file, 0, "", f"not UTF-8 text (byte {exc.start})")]
     stem = path.name.rsplit(".", 1)[0]
-    return parse_text(text, file, stem)
+    cfg, problems = parse_text(text, file, stem)
+    if cfg is not None and strict_modes and trust.applies():
+        refused = trust.refusal(cfg, path)
+        if refused is not None:
+            return None, [refused]
+    return cfg, problems
 
 
 def config_files(config_dir: Path) -> list[Path]:
@@ -127,7 +145,7 @@ def config_files(config_dir: Path) -> list[Path]:
     return [config_dir / n for n in names]
 
 
-def load_dir(config_dir: Path) -> LoadResult:
+def load_dir(config_dir: Path, *, strict_modes: bool = True) -> LoadResult:
     """Load every workload file in ``config_dir``.
 
     ``<name>.yaml`` is the reference's layout; ``<name>.yml`` is accepted too, and when both
@@ -147,7 +165,7 @@ def load_dir(config_dir: Path) -> LoadResult:
     # .yaml before .yml for the same name, so the reference's file is the one kept
     files.sort(key=lambda p: (p.name.rsplit(".", 1)[0], p.suffix != ".yaml"))
     for path in files:
-        cfg, problems = load_file(path)
+        cfg, problems = load_file(path, strict_modes=strict_modes)
         if cfg is None:
             result.problems.extend(problems)
             continue

@@ -49,6 +49,11 @@ class WorkloadConfig:
     # healthd's additive keys
     host: str | None = None
     restart_command: tuple[str, ...] | None = None
+    # exec checks only: an argv instead of target, the account, the environment
+    command: tuple[str, ...] | None = None
+    user: str | None = None
+    group: str | None = None
+    env: tuple[tuple[str, str], ...] | None = None  # (NAME, value) pairs, in file order
 
     def with_defaults(self) -> WorkloadConfig:
         """The config as the daemon uses it: check-kind defaults filled in."""
@@ -79,6 +84,14 @@ class WorkloadConfig:
             out["host"] = self.host
         if self.restart_command is not None:
             out["restart_command"] = list(self.restart_command)
+        if self.command is not None:
+            out["command"] = list(self.command)
+        if self.user is not None:
+            out["user"] = self.user
+        if self.group is not None:
+            out["group"] = self.group
+        if self.env is not None:
+            out["env"] = dict(self.env)
         return out
 
 
@@ -99,6 +112,15 @@ def _scalar(node: yaml.Node) -> yaml.ScalarNode:
 def _as_str(node: yaml.Node) -> str:
     # Like the reference's decoder, any scalar fills a string field: `target: 6379` is "6379".
     return str(_scalar(node).value)
+
+
+def _as_text(node: yaml.Node) -> str:
+    """A string that may become an argument or a variable of a command: exec cannot pass a
+    NUL byte (YAML can write one, "\\0")."""
+    value = _as_str(node)
+    if "\0" in value:
+        raise FieldProblem("must not contain a NUL byte")
+    return value
 
 
 def _as_int(node: yaml.Node) -> int:
@@ -133,19 +155,52 @@ def _as_duration(node: yaml.Node) -> float:
         raise FieldProblem(str(exc)) from None
 
 
-def _as_argv(node: yaml.Node) -> tuple[str, ...]:
-    if not isinstance(node, yaml.SequenceNode):
-        raise FieldProblem(
-            "expected a list of arguments, e.g. [systemctl, restart, 'app@{workload}']"
-        )
-    argv = []
-    for item in node.value:
-        if not isinstance(item, yaml.ScalarNode) or item.tag == "tag:yaml.org,2002:null":
-            raise FieldProblem("every argument must be a single string")
-        argv.append(str(item.value))
-    if not argv or not argv[0].strip():
-        raise FieldProblem("must name a program to run")
-    return tuple(argv)
+def _argv_of(example: str) -> Converter:
+    def convert(node: yaml.Node) -> tuple[str, ...]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise FieldProblem(f"expected a list of arguments, e.g. {example}")
+        argv = []
+        for item in node.value:
+            if not isinstance(item, yaml.ScalarNode) or item.tag == "tag:yaml.org,2002:null":
+                raise FieldProblem("every argument must be a single string")
+            if "\0" in item.value:
+                raise FieldProblem("an argument must not contain a NUL byte")
+            argv.append(str(item.value))
+        if not argv or not argv[0].strip():
+            raise FieldProblem("must name a program to run")
+        return tuple(argv)
+
+    return convert
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def _as_env(node: yaml.Node) -> tuple[tuple[str, str], ...]:
+    if not isinstance(node, yaml.MappingNode):
+        raise FieldProblem("expected a mapping of variable names to values, e.g. {PGUSER: app}")
+    pairs: dict[str, str] = {}
+    for key, value in node.value:
+        name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
+        if not ENV_NAME.fullmatch(name):
+            raise FieldProblem(
+                f"invalid variable name {name!r}: use letters, digits and _, "
+                "not starting with a digit"
+            )
+        if name in pairs:
+            raise FieldProblem(f"{name} is set twice")
+        if not isinstance(value, yaml.ScalarNode) or value.tag == "tag:yaml.org,2002:null":
+            raise FieldProblem(f"{name}: expected a single value (quote '' for an empty one)")
+        if "\0" in value.value:
+            raise FieldProblem(f"{name}: must not contain a NUL byte")
+        pairs[name] = str(value.value)
+    return tuple(pairs.items())
+
+
+def _account(value: str) -> str | None:
+    if not value or len(value) > 256 or any(c.isspace() or c in ":/" for c in value):
+        return "must be an account name or a numeric id"
+    return None
 
 
 def _positive(value: float) -> str | None:
@@ -157,8 +212,9 @@ def _port(value: int) -> str | None:
 
 
 def _host(value: str) -> str | None:
-    if not value or any(c.isspace() for c in value):
-        return "must be an address or host name without spaces"
+    # a NUL byte used to crash the tcp check (getaddrinfo raises ValueError) and hang http's
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        return "must be an address or host name without spaces or control characters"
     return None
 
 
@@ -185,7 +241,7 @@ class Field:
 FIELDS: dict[str, Field] = {
     "workload": Field(_as_str, _workload_name),
     "type": Field(_as_str, _check_type),
-    "target": Field(_as_str),
+    "target": Field(_as_text),
     "port": Field(_as_int, _port),
     "interval": Field(_as_duration, _positive),
     "timeout": Field(_as_duration, _positive),
@@ -195,9 +251,14 @@ FIELDS: dict[str, Field] = {
     "restart_delay": Field(_as_duration, _positive),
     "enabled": Field(_as_bool),
     "host": Field(_as_str, _host),
-    "restart_command": Field(_as_argv),
+    "restart_command": Field(_argv_of("[systemctl, restart, 'app@{workload}']")),
+    "command": Field(_argv_of("[pg_isready, -h, 127.0.0.1]")),
+    "user": Field(_as_str, _account),
+    "group": Field(_as_str, _account),
+    "env": Field(_as_env),
 }
 REQUIRED = ("workload", "type")
+EXEC_ONLY = ("command", "user", "group", "env")
 
 
 def did_you_mean(key: str) -> str:
@@ -225,6 +286,10 @@ def build(
         problem(
             "workload", f"{name!r} differs from the file name (expected {stem!r} in {stem}.yaml)"
         )
+    if "type" in values and values["type"] != "exec":
+        for key in EXEC_ONLY:
+            if key in values:
+                problem(key, f"only for exec checks (this is a {values['type']} check)")
     if problems:
         return None, problems
     cfg = WorkloadConfig(**values)
