@@ -118,7 +118,8 @@ def test_status_lists_every_workload_with_its_saved_and_live_fields(
     }
 
     body = client.get("/v1/status")
-    assert set(body) == {"counts", "workloads"}
+    assert set(body) == {"counts", "workloads", "storage"}
+    assert body["storage"]["ok"] is True  # tests/faults/test_disk_full.py: when it is not
     assert names(body) == ["down", "off", "web"]  # every workload, sorted
     assert body["counts"] == {"healthy": 1, "unhealthy": 1, "disabled": 1}
     entries = {entry["workload"]: entry for entry in body["workloads"]}

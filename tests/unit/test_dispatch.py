@@ -25,7 +25,6 @@ from healthd.engine.scheduler import SystemUniform
 from healthd.logs import make_logger
 from healthd.model import Event, EventType
 from healthd.sinks import DeliveryError, dispatch
-from healthd.sinks import notifier as notifier_module
 from healthd.sinks.dispatch import Dispatcher, backoff
 from healthd.sinks.notifier import Notifier
 from healthd.store.journal import Journal, Route
@@ -309,13 +308,11 @@ async def test_the_dispatcher_outlives_a_journal_error(tmp_path: Path) -> None:
         await until("delivering again", lambda: delivered_ids(s) == [1, 2])
 
 
-async def test_commits_outlive_a_journal_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_commits_outlive_a_journal_error(tmp_path: Path) -> None:
     """The notifier keeps committing after a failed commit; the failed batch is not lost."""
-    monkeypatch.setattr(notifier_module, "COMMIT_RETRY", 0.05)
     out = io.StringIO()
-    journal = Journal(tmp_path / "events.db", host="node1")
+    journal = Journal(tmp_path / "events.db", host="node1", log=make_logger(out))
+    journal.retry_interval = 0.05
     notifier = Notifier(journal, EventsSettings(), make_logger(out))
     sink = ScriptedSink(SinkSettings(name="s", type="command"))
     notifier.add_sink(sink)

@@ -383,3 +383,38 @@ def test_a_listener_that_raises_does_not_stop_the_commits(path: Path) -> None:
     assert seen == [1, 2]
     assert out.getvalue().count("event=event_listener_failed") == 2
     j.close()
+
+
+def test_text_sqlite_cannot_store_is_escaped_and_blocks_no_commit(journal: Journal) -> None:
+    """A non-UTF-8 file name reaches Python as lone surrogates; such an event used to fail
+    its commit, and so every commit after it, for ever."""
+    odd = Event(EventType.CONFIG_ERROR, "bad-\udcff", T0, "cfg/bad-\udcff.yaml: type: required")
+    commit(journal, odd, event(workload="after"))
+    found = journal.events()
+    assert [(e.workload, e.message) for e in found] == [
+        ("bad-\\udcff", "cfg/bad-\\udcff.yaml: type: required"),
+        ("after", "unhealthy after"),
+    ]
+
+
+def test_events_held_for_a_refusing_disk_are_bounded_oldest_dropped_first(path: Path) -> None:
+    import io
+
+    from healthd.logs import make_logger
+
+    out = io.StringIO()
+    j = Journal(path, host="node-1", log=make_logger(out))
+    j.open()
+    j.max_unsaved = 3
+    j.close()  # every commit fails now, as on a disk that refuses them
+    stamped = [j.append(event(workload=f"w{n}")) for n in range(5)]
+    j.flush_sync()  # fails: they stay queued, each named in the log
+    assert (j.unsaved, j.dropped) == (3, 2)
+    assert out.getvalue().count("event=events_dropped") == 1
+    assert "dropped=1 last_dropped_id=1" in out.getvalue()  # said at the first, once
+    assert out.getvalue().count("event=event_not_saved") == 3
+    j.open()
+    j.flush_sync()
+    assert [e.id for e in j.events()] == [e.id for e in stamped[2:]]
+    assert j.health.ok is False  # until a commit of the running journal succeeds
+    j.close()

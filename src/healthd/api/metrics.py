@@ -31,6 +31,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 
 from healthd import __version__
+from healthd.api import views
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import DURATION_BOUNDS
 from healthd.engine.lag import BOUNDS as LAG_BOUNDS
@@ -64,6 +65,14 @@ class SinkSample:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageSample:
+    file: str
+    ok: bool
+    failures: int  # failed writes since the daemon started
+    events: tuple[int, int] | None  # events.db only: held in memory, given up
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     workloads: list[WorkloadSample]
     lag_counts: tuple[int, ...]  # per LAG_BOUNDS and +Inf, not cumulative
@@ -72,6 +81,7 @@ class Snapshot:
     config_errors: int
     sinks: list[SinkSample]
     events: dict[str, int] | None  # committed since the start, by type; None: no journal
+    storage: list[StorageSample]
 
 
 def _up_now(status: WorkloadStatus, daemon: Daemon) -> bool:
@@ -132,6 +142,10 @@ def snapshot(
         events={t.value: events.get(t.value, 0) for t in EventType}
         if notifier is not None and events is not None
         else None,
+        storage=[
+            StorageSample(h.name, h.ok, h.failures, (j.unsaved, j.dropped) if j else None)
+            for h, j in views.storage_files(daemon)
+        ],
     )
 
 
@@ -335,6 +349,37 @@ def _daemon_families(snap: Snapshot) -> Iterator[Metric]:
         for kind, count in snap.events.items():
             events.add_metric([kind], float(count))
         yield events
+    yield from _storage_families(snap.storage)
     info = InfoMetricFamily("healthd_build", "healthd's version.")
     info.add_metric([], {"version": __version__})
     yield info
+
+
+def _storage_families(files: list[StorageSample]) -> Iterator[Metric]:
+    ok = GaugeMetricFamily(
+        "healthd_storage_ok",
+        "1 while the daemon's writes of the file succeed; 0 while they fail (a full disk).",
+        labels=["file"],
+    )
+    failures = CounterMetricFamily(
+        "healthd_storage_write_failures",
+        "Failed writes of the file since the daemon started (each is tried again).",
+        labels=["file"],
+    )
+    for f in files:
+        ok.add_metric([f.file], 1.0 if f.ok else 0.0)
+        failures.add_metric([f.file], float(f.failures))
+    yield ok
+    yield failures
+    for f in files:
+        if f.events is not None:
+            yield GaugeMetricFamily(
+                "healthd_events_unsaved",
+                "Events published but not yet committed to events.db (held in memory).",
+                value=float(f.events[0]),
+            )
+            yield CounterMetricFamily(
+                "healthd_events_dropped",
+                "Events given up, oldest first, when more than the limit waited for the disk.",
+                value=float(f.events[1]),
+            )

@@ -12,6 +12,7 @@ from typing import Any
 from healthd import __version__
 from healthd.engine.history import HISTORY_SIZE
 from healthd.model import EventType, State
+from healthd.store.journal import MAX_UNSAVED
 
 _TIME = {"type": "string", "description": "RFC 3339; 0001-01-01T00:00:00Z when never set"}
 _NAME = {"type": "string"}
@@ -88,7 +89,45 @@ _SCHEMAS: dict[str, Any] = {
         {
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "workloads": {"type": "array", "items": _ref("Status")},
+            "storage": _ref("Storage"),
         }
+    ),
+    "Storage": {
+        **_object(
+            {
+                "ok": {"type": "boolean", "description": "every file below is written fine"},
+                "files": {"type": "array", "items": _ref("StoredFile")},
+            }
+        ),
+        "description": "Whether the daemon can write its files (a full disk); monitoring "
+        "goes on either way, and failed writes are tried again.",
+    },
+    "StoredFile": _object(
+        {
+            "file": {"type": "string", "enum": ["statuses.json", "events.db"]},
+            "path": {"type": "string"},
+            "ok": {"type": "boolean"},
+            "error": _nullable({"type": "string", "description": "the latest failure"}),
+            "failing_since": _nullable(_TIME),
+            "failed_writes": {**_COUNT, "description": "since the daemon started"},
+            "last_ok": _nullable(_TIME),
+        },
+        {
+            "unsaved_events": {
+                **_COUNT,
+                "description": "events.db: events held in memory until the disk takes them",
+            },
+            "dropped_events": {
+                **_COUNT,
+                "description": "events.db: events given up since the start, the oldest first, "
+                f"when more than {MAX_UNSAVED:,} waited for the disk",
+            },
+            "in_memory_only": {
+                "type": "boolean",
+                "description": "events.db: the disk would not let it be opened at start; this "
+                "run's events are kept in memory (delivered and shown as usual), not saved",
+            },
+        },
     ),
     "ConfigError": _object(
         {
@@ -120,6 +159,11 @@ _SCHEMAS: dict[str, Any] = {
             "port": {"type": "integer"},
             "host": {"type": "string"},
             "restart_command": {"type": "array", "items": {"type": "string"}},
+            "command": {"type": "array", "items": {"type": "string"}},
+            "user": {"type": "string"},
+            "group": {"type": "string"},
+            # names only: the values stay in the file
+            "env": {"type": "array", "items": {"type": "string"}},
         },
     ),
     "WorkloadList": _object(

@@ -6,16 +6,16 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from healthd.checks import KINDS
-from healthd.config.sinks import public_url
+from healthd.config.sinks import public_url, redact
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import Recorded
 from healthd.engine.reload import ReloadReport
 from healthd.errors import Problem
 from healthd.model import CheckResult, State, WorkloadStatus
-from healthd.store.journal import OUTCOMES, SinkCounts
+from healthd.store.health import WriteHealth
+from healthd.store.journal import OUTCOMES, Journal, SinkCounts
 from healthd.store.status import format_time, to_json
 
 if TYPE_CHECKING:
@@ -59,7 +59,41 @@ def all_statuses(daemon: Daemon) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for entry in entries:
         counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    return {"counts": counts, "workloads": entries}
+    return {"counts": counts, "workloads": entries, "storage": storage(daemon)}
+
+
+def storage_files(daemon: Daemon) -> list[tuple[WriteHealth, Journal | None]]:
+    """Each file the daemon writes, with the journal that writes it (events.db)."""
+    files: list[tuple[WriteHealth, Journal | None]] = [(daemon.writer.health, None)]
+    if daemon.notifier is not None:
+        journal = daemon.notifier.journal
+        files.append((journal.health, journal))
+    return files
+
+
+def _wall(when: float | None) -> str | None:
+    return format_time(datetime.fromtimestamp(when, UTC)) if when is not None else None
+
+
+def storage(daemon: Daemon) -> dict[str, Any]:
+    """Whether the daemon can write its files (a full disk): monitoring goes on regardless."""
+    files = []
+    for health, journal in storage_files(daemon):
+        entry: dict[str, Any] = {
+            "file": health.name,
+            "path": health.path,
+            "ok": health.ok,
+            "error": health.error or None,
+            "failing_since": _wall(health.since),
+            "failed_writes": health.failures,
+            "last_ok": _wall(health.last_ok),
+        }
+        if journal is not None:
+            entry["unsaved_events"] = journal.unsaved
+            entry["dropped_events"] = journal.dropped
+            entry["in_memory_only"] = journal.in_memory
+        files.append(entry)
+    return {"ok": all(f["ok"] for f in files), "files": files}
 
 
 def problem_json(problem: Problem) -> dict[str, Any]:
@@ -77,6 +111,8 @@ def workloads(daemon: Daemon) -> dict[str, Any]:
     for name in sorted(daemon.configs):
         cfg = daemon.configs[name].with_defaults()
         entry = cfg.to_yaml_mapping()
+        if cfg.env is not None:  # names only: a value may be a password (PGPASSWORD)
+            entry["env"] = [name for name, _ in cfg.env]
         entry["interval_seconds"] = cfg.interval
         entry["timeout_seconds"] = cfg.timeout
         entry["restart_delay_seconds"] = cfg.restart_delay
@@ -156,22 +192,6 @@ def daemon_health(daemon: Daemon, now: float) -> tuple[bool, dict[str, Any]]:
     }
 
 
-def scrub(text: str, url: str, headers: Mapping[str, str]) -> str:
-    """``text`` (a delivery error) without the secrets a sink's settings hold: an error may
-    quote the URL it posted to, or a receiver may echo a header back."""
-    if not text:
-        return text
-    parts = urlsplit(url)
-    if url:
-        text = text.replace(url, public_url(url))
-    secrets = [parts.password or "", parts.query, *headers.values()]
-    # Not a value of a few characters ("X-Team: ops"): a secret is longer, and replacing
-    # every "ops" would garble the message.
-    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
-
-
 def sinks(notifier: Notifier, counts: Mapping[str, SinkCounts]) -> dict[str, Any]:
     """Each configured sink: where it delivers (no secrets, no header values), what it wants,
     its outbox by state (from the journal: as long as events are kept) and what its
@@ -194,7 +214,7 @@ def sinks(notifier: Notifier, counts: Mapping[str, SinkCounts]) -> dict[str, Any
         entry["expired"] = c.expired if c else 0
         entry["suppressed"] = c.suppressed if c else 0
         last_error = c.last_error if c else ""
-        entry["last_error"] = scrub(last_error, settings.url, settings.headers)
+        entry["last_error"] = redact(last_error, settings)
         last = c.last_delivered if c else None
         entry["last_delivered"] = (
             format_time(datetime.fromtimestamp(last, UTC)) if last is not None else None

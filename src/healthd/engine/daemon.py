@@ -26,7 +26,7 @@ from healthd.config.daemon import DaemonSettings
 from healthd.config.loader import LoadResult, load_dir
 from healthd.config.workload import WorkloadConfig
 from healthd.engine.history import CheckHistory
-from healthd.engine.persist import StatusWriter
+from healthd.engine.persist import DAEMON_FILENAME, StatusWriter
 from healthd.engine.policy import PolicySettings, WorkloadPolicy
 from healthd.engine.reload import ReloadReport, broken_names, plan_reload
 from healthd.engine.runner import WorkloadRunner
@@ -36,6 +36,7 @@ from healthd.events import EventBus
 from healthd.logs import Logger
 from healthd.model import CheckResult, Clock, Event, EventType, State, SystemClock, WorkloadStatus
 from healthd.resolve import MachinectlResolver, Resolver
+from healthd.store.atomic import remove_stale_temps
 from healthd.store.status import StatusStore, format_time
 
 if TYPE_CHECKING:
@@ -151,6 +152,7 @@ class Daemon:
         # and again (at thousands of workloads a full collection takes milliseconds).
         gc.freeze()
         self.scheduler.start(self.settings.first_check_within)
+        self._remove_stale_temps()
         writer = asyncio.create_task(self.writer.run(), name="status-writer")
         self.writer.save_sync()
         self.log.info(
@@ -186,13 +188,20 @@ class Daemon:
                 await self.notifier.stop()  # every event published is committed by now
             self.log.info("daemon_stopped")
 
+    def _remove_stale_temps(self) -> None:
+        """What a kill -9 in the middle of a save left beside the status files."""
+        for path in (self.store.path, self.settings.status_dir / DAEMON_FILENAME):
+            removed = remove_stale_temps(path)
+            if removed:
+                self.log.info("stale_temp_files_removed", files=",".join(sorted(removed)))
+
     def load(self) -> None:
-        self.loaded = load_dir(self.settings.config_dir)
+        self.loaded = load_dir(self.settings.config_dir, strict_modes=self.settings.strict_modes)
         self._report_problems(self.loaded.problems)
         try:
             saved = self.store.read()
         except StatusFileError as exc:
-            saved = {}
+            saved = self.store.salvage()  # before it moves: its whole entries are kept
             try:
                 aside = str(self.store.quarantine())
             except OSError as move_exc:
@@ -201,7 +210,9 @@ class Daemon:
                 "status_file_unusable",
                 error=str(exc),
                 moved_to=aside,
-                consequence="counters start from zero",
+                kept=",".join(sorted(saved)),
+                consequence=f"the {len(saved)} whole entries are kept; other counters start "
+                "from zero",
             )
         self.configs = dict(self.loaded.configs)
         # Which file each workload came from matters while loading, not while running: a
@@ -324,7 +335,9 @@ class Daemon:
         """Re-read the config dir. All or nothing per workload: a file that does not load now
         leaves its workload running on the config it had, and is reported."""
         async with self._reload_lock:
-            loaded = await asyncio.to_thread(load_dir, self.settings.config_dir)
+            loaded = await asyncio.to_thread(
+                load_dir, self.settings.config_dir, strict_modes=self.settings.strict_modes
+            )
             report = self._apply(loaded)
         self.log.info(
             "config_reloaded",

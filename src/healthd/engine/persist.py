@@ -3,7 +3,8 @@ anything changed, re-encoding only the entries that changed; daemon.json beside 
 the daemon keeps up (lag histogram, checks run, whether it is behind) and where its API is.
 
 Both are written atomically in a thread, so a crash at any instant leaves the old or the new
-file, and a slow disk never holds the event loop.
+file, and a slow disk never holds the event loop. A write that fails (a full disk) is tried
+again at every flush interval with every entry, and ``health`` says so meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from healthd.logs import Logger
 from healthd.model import WorkloadStatus
 from healthd.store.atomic import write_atomic
+from healthd.store.health import WriteHealth
 from healthd.store.status import StatusEncoder, StatusStore
 
 DAEMON_FILENAME = "daemon.json"
@@ -47,6 +49,13 @@ class StatusWriter:
         self._write_lock = threading.Lock()
         self._snapshots = 0  # numbers snapshots, so an older one never overwrites a newer one
         self._written = 0
+        self.health = WriteHealth(
+            store.path.name,
+            str(store.path),
+            log,
+            failing_event="status_save_failed",
+            consequence="monitoring goes on; the save is tried again every flush interval",
+        )
 
     def changed(self, workload: str, urgent: bool) -> None:
         self._changed_names.add(workload)
@@ -72,7 +81,9 @@ class StatusWriter:
                 await asyncio.to_thread(self._write_files, self._snapshots, data, summary)
             except OSError as exc:
                 self._encoded_all = False  # what failed to save is saved at the next tick
-                self.log.error("status_save_failed", path=str(self.store.path), error=str(exc))
+                self.health.failed(exc)
+            else:
+                self.health.succeeded()
             del data, summary  # the whole file, held until the next flush otherwise
 
     async def _encode_in_slices(self) -> bytes:
@@ -117,4 +128,14 @@ class StatusWriter:
             data = self._encode()
             self._write_files(self._snapshots, data, self._encode_summary())
         except OSError as exc:
-            self.log.error("status_save_failed", path=str(self.store.path), error=str(exc))
+            self._encoded_all = False
+            self.health.failed(exc)
+            if self.health.episode_failures > 1:  # already logged once; a stop says so again
+                self.log.error(
+                    "status_not_saved",
+                    path=str(self.store.path),
+                    error=self.health.error,
+                    consequence="the file keeps what was last saved",
+                )
+        else:
+            self.health.succeeded()

@@ -25,7 +25,6 @@ from healthd.store.journal import FILENAME, Journal, JournalError, Route
 PRUNE_EVERY = 600.0
 PRUNE_CHECK = 10.0
 STOP_GRACE = 2.0  # seconds the sinks get at a stop to deliver what is pending
-COMMIT_RETRY = 5.0  # after a failed commit (a full disk): the events wait in memory this long
 REMIND_EVERY_AT_MOST = 30.0
 FIRING_STATES = (State.UNHEALTHY, State.RESTARTING, State.GAVE_UP)
 _TURNS_UNHEALTHY = (EventType.UNHEALTHY,)
@@ -54,7 +53,9 @@ class Notifier:
         self.statuses: Callable[[], dict[str, WorkloadStatus]] = dict
         self._unhealthy: dict[str, Event] = {}  # workload -> the event that made it so
         self._tasks: list[asyncio.Task[None]] = []
-        self._reminded: dict[tuple[str, str], float] = {}
+        # (sink, workload) -> (event id, time.monotonic() of its last reminder or, before
+        # the first, of the event): reminders keep their pace when the wall clock jumps.
+        self._reminded: dict[tuple[str, str], tuple[int, float]] = {}
 
     def add_sink(self, sink: Sink) -> None:
         settings = sink.settings
@@ -145,18 +146,8 @@ class Notifier:
 
     async def _commit(self) -> None:
         """The journal's commits, until cancelled; one that fails (a full disk) keeps its events
-        queued and is tried again, loudly, rather than ending the commits for good."""
-        while True:
-            try:
-                await self.journal.flush()  # what a failed commit left queued
-                await self.journal.run()
-            except Exception as exc:
-                self.log.error(
-                    "event_journal_commit_failed",
-                    error=f"{type(exc).__name__}: {exc}",
-                    consequence=f"events kept in memory, committed again in {COMMIT_RETRY:g}s",
-                )
-                await asyncio.sleep(COMMIT_RETRY)
+        queued and is tried again by the journal, logged once per episode (``Journal.run``)."""
+        await self.journal.run()
 
     def _wake_dispatchers(self, _batch: list[Event]) -> None:
         for dispatcher in self.dispatchers.values():
@@ -179,7 +170,7 @@ class Notifier:
         every = settings.repeat_interval
         while True:
             await asyncio.sleep(min(every / 4, REMIND_EVERY_AT_MOST))
-            now = time.time()
+            now, wall = time.monotonic(), time.time()
             added = False
             for event in self.firing():
                 if (
@@ -188,9 +179,14 @@ class Notifier:
                 ):
                     continue
                 key = (settings.name, event.workload)
-                # The later of the last reminder and this event: a workload unhealthy again
-                # is first reminded of an interval after its new unhealthy event.
-                last = max(self._reminded.get(key, 0.0), event.timestamp.timestamp())
+                # A workload unhealthy again is first reminded of an interval after its new
+                # unhealthy event. The event's age comes from the wall clock once (it may
+                # predate this run), bounded by the interval; from then on the monotonic.
+                last_id, last = self._reminded.get(key, (0, 0.0))
+                if last_id != event.id:
+                    age = min(max(wall - event.timestamp.timestamp(), 0.0), every)
+                    last = now - age
+                    self._reminded[key] = (event.id, last)
                 if now - last >= every:
                     try:
                         await self.journal.call(self.journal.add_reminder, settings.name, event.id)
@@ -199,7 +195,7 @@ class Notifier:
                             "reminder_failed", sink=settings.name, error=f"{exc}", event_id=event.id
                         )
                         continue
-                    self._reminded[key] = now
+                    self._reminded[key] = (event.id, now)
                     added = True
             if added:
                 self.dispatchers[settings.name].wake.set()

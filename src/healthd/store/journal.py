@@ -11,6 +11,12 @@ suppressed (noise control); none is ever deleted while pending.
 
 Every method that touches the database blocks: the daemon calls them through ``call``, in a
 thread, one at a time.
+
+A commit that fails (a full disk: SQLITE_FULL) is rolled back whole and its events stay queued,
+in order, with the events published after them; ``run`` tries again every ``retry_interval``
+until the disk takes them, saying so once per episode (``health``). At start, a file that is not
+a usable database is refused (``open`` raises JournalError: the caller moves it aside), and a
+write-ahead log that is not one is moved aside here: SQLite would silently ignore it.
 """
 
 from __future__ import annotations
@@ -30,10 +36,19 @@ from typing import Any, TypeVar
 
 from healthd.logs import Logger
 from healthd.model import Event, EventType, State
+from healthd.store.health import WriteHealth
+from healthd.store.memory import copy_rows, last_ids_on_disk, seed_delivery_ids
+from healthd.store.salvage import salvage
 from healthd.store.status import format_time, parse_time
 
 FILENAME = "events.db"
 SCHEMA_VERSION = 1
+RETRY_INTERVAL = 1.0  # after a failed commit; a failing commit costs next to nothing
+# Events held in memory while the disk refuses them, at most: a disk full for days under a
+# flapping workload must not take the daemon's memory, and monitoring, with it.
+MAX_UNSAVED = 100_000
+# The first four bytes of a write-ahead log, big- or little-endian checksums (sqlite.org/walformat)
+_WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -79,6 +94,20 @@ OUTCOMES = (DELIVERED, FAILED, EXPIRED, SUPPRESSED)
 
 class JournalError(Exception):
     """events.db cannot be used."""
+
+
+class _Unwritable(Exception):
+    """events.db cannot be opened for writing (a full or read-only disk): its content is not
+    in question, so it must not be moved aside."""
+
+
+# SQLITE_PERM, SQLITE_READONLY, SQLITE_IOERR, SQLITE_FULL, SQLITE_CANTOPEN: the disk's doing
+_STORAGE_CODES = frozenset({3, 8, 10, 13, 14})
+
+
+def _is_storage(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _STORAGE_CODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +166,30 @@ def _row_event(row: Sequence[Any]) -> Event:
         message=message,
         state_from=State(state_from) if state_from else None,
         state_to=State(state_to) if state_to else None,
-        details=json.loads(details),
+        details=_details(details),
         id=event_id,
         host=host,
     )
+
+
+def _details(text: str) -> dict[str, Any]:
+    # A damaged page (a file cut short by a crash of the host) can pass SQLite's checks with a
+    # record's bytes zeroed: the event is still shown, with what is left of its details.
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return {"unreadable": str(text)}
+    return parsed if isinstance(parsed, dict) else {"unreadable": str(text)}
+
+
+def _text(value: str) -> str:
+    """``value`` as SQLite can store it. A file name that is not UTF-8 reaches Python with
+    lone surrogates, and one such event would otherwise fail every commit after it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 _EVENT_COLUMNS = "id, unix, time, type, workload, host, message, state_from, state_to, details"
@@ -158,18 +207,49 @@ class Journal:
         self._queued: list[Event] = []
         self._wake = asyncio.Event()
         self._listeners: list[Callable[[list[Event]], None]] = []
-        self.committed_id = 0  # the highest id known to be on disk
+        self.committed_id = 0  # the highest id committed (on disk, or in memory: in_memory)
+        self.retry_interval = RETRY_INTERVAL
+        self.max_unsaved = MAX_UNSAVED
+        self.dropped = 0  # events given up while the disk refused them, since the start
+        self._salvage_from: Path | None = None  # set by quarantine, for the next open
+        self.in_memory = False  # see _open_in_memory
+        self.health = WriteHealth(
+            FILENAME,
+            str(path),
+            log,
+            failing_event="event_journal_commit_failed",
+            consequence="events are kept in memory, in order, and committed when the disk "
+            "takes them; deliveries wait for them",
+        )
+
+    @property
+    def unsaved(self) -> int:
+        """Events published but not committed yet (held in memory while the disk refuses)."""
+        return len(self._queued)
 
     # -- opening ----------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (or create) events.db; raises JournalError when it is not a usable database."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Open (or create) events.db; raises JournalError when it is not a usable database.
+        Returns normally after moving aside a write-ahead log that is not one (logged), and
+        when the disk will not let it be opened (full, read-only): then the journal of this run
+        is kept in memory (``in_memory``), loudly, and the file is left as it is."""
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_wal()
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            last = self._prepare(db, writable=True)
+        except (OSError, _Unwritable) as exc:
+            self._open_in_memory(exc.__cause__ or exc)
+            return
         except sqlite3.Error as exc:
+            if _is_storage(exc):
+                self._open_in_memory(exc)
+                return
             raise JournalError(f"{self.path}: {exc}") from None
-        last = self._prepare(db, writable=True)
+        if self._salvage_from is not None:
+            last = max(last, self._salvage(db, self._salvage_from))
+            self._salvage_from = None
         self._db = db
         self._next_id = last + 1
         self.committed_id = last
@@ -204,27 +284,132 @@ class Journal:
                     f"{self.path}: written by a newer healthd (schema {version}); {fix}"
                 )
             if writable:
+                # A file cut short or overwritten in the middle opens fine and fails later,
+                # at some commit: find out now, while it can still be moved aside.
+                found = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+                if found != "ok":
+                    raise JournalError(f"{self.path}: database is damaged: {found}")
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return int(db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)
         except sqlite3.Error as exc:
             db.close()
+            if writable and _is_storage(exc):
+                raise _Unwritable(str(exc)) from exc
             raise JournalError(f"{self.path}: {exc}") from None
         except JournalError:
             db.close()
             raise
 
+    def _open_in_memory(self, exc: BaseException) -> None:
+        """The journal in memory until the disk lets events.db be opened (``run`` tries every
+        ``retry_interval``, ``_move_to_disk`` moves it): events are committed, delivered and
+        shown as usual meanwhile. Ids follow the file's, as far as they can be read."""
+        last, last_delivery = last_ids_on_disk(self.path)
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        self._prepare(db, writable=True)
+        seed_delivery_ids(db, last_delivery)
+        self._db = db
+        self.in_memory = True
+        self._next_id = last + 1
+        self.committed_id = last
+        consequence = (
+            "events are kept in memory, committed, delivered and shown as usual; events.db is "
+            "left as it is, opened again every few seconds, and given them once it opens"
+        )
+        self.health.failed(exc, consequence=consequence)
+
+    def _move_to_disk(self) -> bool:
+        """Open events.db and move the journal in memory into it; False while it will not."""
+        try:
+            self._check_wal()
+            disk = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._prepare(disk, writable=True)
+        except (OSError, sqlite3.Error, _Unwritable, JournalError) as exc:
+            self.health.failed(exc)  # logged if the reason changed (a damaged file, say)
+            return False
+        with self._lock:
+            memory = self._connection()
+            try:
+                events, deliveries = copy_rows(memory, disk)
+            except sqlite3.Error as exc:
+                disk.close()
+                self.health.failed(exc)
+                return False
+            self._db = disk
+            self.in_memory = False
+            memory.close()
+        if self.log is not None:
+            self.log.info(
+                "event_journal_on_disk", path=str(self.path), events=events, deliveries=deliveries
+            )
+        return True
+
+    def _salvage(self, db: sqlite3.Connection, old: Path) -> int:
+        """Copy what is readable of the file moved aside into the new one; the last id."""
+        try:
+            events, deliveries = salvage(old, db)
+            last = int(db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)
+        except sqlite3.Error as exc:  # the new file: it was just created, so a full disk
+            if self.log is not None:
+                self.log.error("event_journal_salvage_failed", path=str(old), error=str(exc))
+            return 0
+        if self.log is not None:
+            self.log.warning(
+                "event_journal_salvaged",
+                path=str(old),
+                events=events,
+                deliveries=deliveries,
+                consequence="the events still readable in the damaged file are kept in the new "
+                "one, with their ids and their pending deliveries",
+            )
+        return last
+
+    def _check_wal(self) -> None:
+        """Move aside an events.db-wal that does not start like a write-ahead log. SQLite
+        ignores such a file, and overwrites it: nobody would ever know it was there."""
+        wal = self.path.with_name(FILENAME + "-wal")
+        try:
+            with open(wal, "rb") as fh:
+                head = fh.read(4)
+        except FileNotFoundError:
+            return
+        if not head or head in _WAL_MAGIC:
+            return  # empty (checkpointed) or a log, whole or cut short: SQLite recovers it
+        aside = wal.with_name(f"{wal.name}.corrupt-{_stamp()}")
+        wal.rename(aside)
+        if self.log is not None:
+            self.log.error(
+                "event_journal_wal_unusable",
+                path=str(wal),
+                error="not a write-ahead log (bad magic number)",
+                moved_to=str(aside),
+                consequence="events.db is opened as last checkpointed; the log is kept aside",
+            )
+
     def quarantine(self) -> Path:
         """Move an unusable events.db (and its WAL) aside, for a human to look at."""
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = self.path.with_name(f"{FILENAME}.corrupt-{stamp}")
+        aside = self.path.with_name(f"{FILENAME}.corrupt-{_stamp()}")
         self.path.rename(aside)
+        self._salvage_from = aside
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 self.path.with_name(FILENAME + suffix).rename(aside.with_name(aside.name + suffix))
         return aside
 
     def close(self) -> None:
+        if self.in_memory and self._db is not None and not self._move_to_disk():  # a last try
+            with self._lock:
+                kept = self._connection().execute("SELECT count(*) FROM events").fetchone()[0]
+            if self.log is not None:
+                self.log.error(
+                    "event_journal_not_saved",
+                    path=str(self.path),
+                    events=kept,
+                    error=self.health.error,
+                    consequence="the events of this run were kept in memory only (delivered "
+                    "as usual); they go with it",
+                )
         with self._lock:
             if self._db is not None:
                 self._db.close()
@@ -237,8 +422,24 @@ class Journal:
         stamped = replace(event, id=self._next_id, host=self.host)
         self._next_id += 1
         self._queued.append(stamped)
+        if len(self._queued) > self.max_unsaved:
+            self._drop_oldest()
         self._wake.set()
         return stamped
+
+    def _drop_oldest(self) -> None:
+        """The oldest events held in memory go: the newest say what is going on now."""
+        excess = len(self._queued) - self.max_unsaved
+        gone = self._queued[:excess]
+        del self._queued[:excess]
+        before, self.dropped = self.dropped, self.dropped + excess
+        if self.log is not None and (before == 0 or before // 10_000 != self.dropped // 10_000):
+            self.log.error(
+                "events_dropped",
+                dropped=self.dropped,
+                last_dropped_id=gone[-1].id,
+                reason=f"more than {self.max_unsaved} events wait for the disk; the oldest go",
+            )
 
     def on_commit(self, listener: Callable[[list[Event]], None]) -> None:
         """Call ``listener`` on the loop with each batch of events once it is committed."""
@@ -250,12 +451,31 @@ class Journal:
             self._listeners.remove(listener)
 
     async def run(self, batch_window: float = 0.01) -> None:
-        """Commit what is queued, in batches, until cancelled (``flush`` commits the rest)."""
+        """Commit what is queued, in batches, until cancelled (``flush`` commits the rest).
+        A commit that fails keeps its events queued and is tried again; it never ends this."""
+        if self._queued:
+            self._wake.set()  # published before this started, or left by a failed flush
         while True:
+            if self.in_memory:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.retry_interval):
+                        await self._wake.wait()
+                if await self.call(self._move_to_disk):
+                    self.health.succeeded()
+                if not self._wake.is_set():
+                    continue
             await self._wake.wait()
             await asyncio.sleep(batch_window)  # let a burst (a restart's events) share a commit
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception as exc:  # a full disk; the batch is queued again, in order
+                self.health.failed(exc)
+                await asyncio.sleep(self.retry_interval)
+                self._wake.set()
+            else:
+                if not self.in_memory:  # a commit in memory is not a write that worked
+                    self.health.succeeded()
 
     async def flush(self) -> None:
         batch, self._queued = self._queued, []
@@ -276,11 +496,27 @@ class Journal:
         self._committed(batch)
 
     def flush_sync(self) -> None:
-        """Commit what is queued, on the calling thread (at stop)."""
+        """Commit what is queued, on the calling thread (at stop). When the disk still refuses,
+        the events are lost with the process: logged, each, rather than raised at exit."""
         batch, self._queued = self._queued, []
-        if batch:
+        if not batch:
+            return
+        try:
             self._commit(batch)
-            self._committed(batch)
+        except (sqlite3.Error, JournalError, OSError) as exc:
+            self._queued[:0] = batch
+            self.health.failed(exc)
+            if self.log is not None:
+                for event in batch:
+                    self.log.error(
+                        "event_not_saved",
+                        id=event.id,
+                        type=event.type.value,
+                        workload=event.workload,
+                        message=event.message,
+                    )
+            return
+        self._committed(batch)
 
     def _committed(self, batch: list[Event]) -> None:
         self.committed_id = batch[-1].id
@@ -308,9 +544,9 @@ class Journal:
                     e.timestamp.timestamp(),
                     format_time(e.timestamp),
                     e.type.value,
-                    e.workload,
-                    e.host,
-                    e.message,
+                    _text(e.workload),
+                    _text(e.host),
+                    _text(e.message),
                     e.state_from.value if e.state_from else None,
                     e.state_to.value if e.state_to else None,
                     json.dumps(e.details, default=str),
@@ -338,10 +574,15 @@ class Journal:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
+                db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                # Also when COMMIT itself failed (SQLITE_FULL): SQLite may leave the transaction
+                # open, and every BEGIN after it would fail for good. When SQLite has rolled
+                # back already, this ROLLBACK fails harmlessly.
+                if db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise
-            db.execute("COMMIT")
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -514,3 +755,7 @@ class Journal:
     def last_event_of(self, workload: str, types: Sequence[str]) -> Event | None:
         found = self.events(workload=workload, types=types, limit=1, newest=True)
         return found[0] if found else None
+
+
+def _stamp() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S')}.{time.time_ns() % 1_000_000_000:09d}"

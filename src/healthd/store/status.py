@@ -4,7 +4,8 @@ The reference writes a JSON array of its ``Status`` objects (Go field names, RFC
 ``0001-01-01T00:00:00Z`` for a time never set, ``last_error`` left out when empty). healthd
 writes the same fields the same way, sorted by workload, and adds fields of its own that the
 reference's reader ignores. Writes are atomic; a file that cannot be parsed at start is moved
-aside, reported, and monitoring starts from empty counters rather than not at all.
+aside, reported, and monitoring starts with what can be salvaged from it (healthd writes one
+entry per line, so every whole line of a file cut short is kept) rather than not at all.
 """
 
 from __future__ import annotations
@@ -180,6 +181,23 @@ def decode(data: bytes) -> dict[str, WorkloadStatus]:
     return out
 
 
+def salvage(data: bytes) -> dict[str, WorkloadStatus]:
+    """The entries of a damaged statuses.json that are still whole: each line that is one
+    JSON object (healthd's layout). A file cut short loses its last, partial entry only."""
+    out: dict[str, WorkloadStatus] = {}
+    for raw in data.splitlines():
+        line = raw.strip().removesuffix(b",")
+        if not (line.startswith(b"{") and line.endswith(b"}")):
+            continue
+        try:
+            status = from_json(json.loads(line))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            continue
+        if status is not None:
+            out[status.workload] = status
+    return out
+
+
 class StatusStore:
     """statuses.json in ``status_dir``."""
 
@@ -199,6 +217,13 @@ class StatusStore:
             return decode(data)
         except StatusFileError as exc:
             raise StatusFileError(f"{self.path}: {exc}") from None
+
+    def salvage(self) -> dict[str, WorkloadStatus]:
+        """What can be kept of an unusable statuses.json (see ``salvage``); {} if unreadable."""
+        try:
+            return salvage(self.path.read_bytes())
+        except OSError:
+            return {}
 
     def quarantine(self) -> Path:
         """Move an unusable statuses.json aside, keeping it for a human to look at."""
