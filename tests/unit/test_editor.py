@@ -137,3 +137,17 @@ def test_find_loads_by_name_and_reports_missing(tmp_path: Path) -> None:
     assert [str(p) for p in problems] == [
         f"{tmp_path / 'web.yaml'}: no such workload 'web' in {tmp_path}"
     ]
+
+
+@pytest.mark.parametrize("text", ["\x85", "a\u2028b", "x \u2029"])
+def test_an_argument_holding_a_yaml_line_break_character_is_written_so_it_reads_back(
+    tmp_path: Path, text: str
+) -> None:
+    """PyYAML puts a lone NEL in single quotes, where reading folds it into a space: the file
+    would have run a different restart command than the one given."""
+    cfg = WorkloadConfig(workload="job", type="tcp", port=1, restart_command=("/bin/true", text))
+    path, _ = editor.write(tmp_path, cfg)
+    loaded, problems = load_file(path)
+    assert problems == []
+    assert loaded is not None
+    assert loaded.restart_command == ("/bin/true", text)

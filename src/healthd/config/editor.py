@@ -16,9 +16,26 @@ from healthd.errors import ConfigError, Problem
 from healthd.store.atomic import write_atomic
 
 
+class _Dumper(yaml.SafeDumper):
+    """safe_dump's output, except for text holding a character YAML reads as a line break
+    (NEL, LS, PS): PyYAML may put such text in single quotes, where reading it back folds the
+    break into a space, so it is written double-quoted, where it is an escape."""
+
+
+_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = '"' if any(c in text for c in _BREAKS) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def render(cfg: WorkloadConfig) -> str:
     """The file the reference would write for ``cfg`` (defaults filled), plus our keys."""
-    return yaml.safe_dump(cfg.to_yaml_mapping(), sort_keys=False, allow_unicode=True)
+    return yaml.dump(cfg.to_yaml_mapping(), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def workload_files(config_dir: Path, name: str) -> list[Path]:
@@ -40,10 +57,15 @@ def write(config_dir: Path, cfg: WorkloadConfig) -> tuple[Path, bool]:
     """Validate and atomically write ``cfg``; returns (path, created). Raises ConfigError."""
     check_name(cfg.workload)
     path = config_dir / f"{cfg.workload}.yaml"
-    text = render(cfg.with_defaults())
+    wanted = cfg.with_defaults()
+    text = render(wanted)
     parsed, problems = parse_text(text, str(path), cfg.workload)
     if parsed is None:
         raise ConfigError(problems)
+    if parsed != wanted:  # never write a file that would load as something else
+        raise ConfigError(
+            [Problem(str(path), 0, "", "cannot be written so that it reads back the same")]
+        )
     config_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     created = not path.exists()
     write_atomic(path, text.encode("utf-8"))
