@@ -6,8 +6,7 @@ writer: the daemon), queued, and committed in batches from a thread a few millis
 with a delivery row for every sink that wants them, in the same transaction. Only then are
 they delivered, streamed or shown, so nothing is ever delivered that a crash could take back.
 
-Deliveries move pending -> delivered | failed (permanent) | expired (too old to retry) |
-suppressed (noise control); none is ever deleted while pending.
+The tables, the states of a delivery, and an event as a row and back: journal_schema.
 
 Every method that touches the database blocks: the daemon calls them through ``call``, in a
 thread, one at a time.
@@ -29,20 +28,36 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from healthd.logs import Logger
-from healthd.model import Event, EventType, State
+from healthd.model import Event
 from healthd.store.health import WriteHealth
+from healthd.store.journal_schema import (
+    DELIVERED,
+    EVENT_COLUMNS,
+    EXPIRED,
+    FAILED,
+    FILENAME,
+    OUTCOMES,
+    PENDING,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SUPPRESSED,
+    Delivery,
+    JournalError,
+    Route,
+    SinkCounts,
+    event_json,
+    row_event,
+    storable,
+)
 from healthd.store.memory import copy_rows, last_ids_on_disk, seed_delivery_ids
 from healthd.store.salvage import salvage
-from healthd.store.status import format_time, parse_time
+from healthd.store.status import format_time
 
-FILENAME = "events.db"
-SCHEMA_VERSION = 1
 RETRY_INTERVAL = 1.0  # after a failed commit; a failing commit costs next to nothing
 # Events held in memory while the disk refuses them, at most: a disk full for days under a
 # flapping workload must not take the daemon's memory, and monitoring, with it.
@@ -51,49 +66,24 @@ MAX_UNSAVED = 100_000
 _WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY,
-    unix REAL NOT NULL,
-    time TEXT NOT NULL,
-    type TEXT NOT NULL,
-    workload TEXT NOT NULL,
-    host TEXT NOT NULL,
-    message TEXT NOT NULL,
-    state_from TEXT,
-    state_to TEXT,
-    details TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_workload ON events (workload, id);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (unix);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    sink TEXT NOT NULL,
-    event_id INTEGER NOT NULL,
-    reminder INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL,
-    next_at REAL NOT NULL,
-    updated REAL NOT NULL,
-    last_error TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (sink, state, id);
-CREATE INDEX IF NOT EXISTS deliveries_by_event ON deliveries (event_id);
-"""
-
-PENDING, DELIVERED, FAILED, EXPIRED, SUPPRESSED = (
-    "pending",
-    "delivered",
-    "failed",
-    "expired",
-    "suppressed",
-)
-OUTCOMES = (DELIVERED, FAILED, EXPIRED, SUPPRESSED)
-
-
-class JournalError(Exception):
-    """events.db cannot be used."""
+__all__ = [
+    "DELIVERED",
+    "EXPIRED",
+    "FAILED",
+    "FILENAME",
+    "MAX_UNSAVED",
+    "OUTCOMES",
+    "PENDING",
+    "RETRY_INTERVAL",
+    "SCHEMA_VERSION",
+    "SUPPRESSED",
+    "Delivery",
+    "Journal",
+    "JournalError",
+    "Route",
+    "SinkCounts",
+    "event_json",
+]
 
 
 class _Unwritable(Exception):
@@ -108,91 +98,6 @@ _STORAGE_CODES = frozenset({3, 8, 10, 13, 14})
 def _is_storage(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return isinstance(code, int) and code & 0xFF in _STORAGE_CODES
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """A sink's name and which events it wants (its filters)."""
-
-    sink: str
-    wants: Callable[[Event], bool]
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    id: int
-    sink: str
-    event: Event
-    reminder: bool
-    attempts: int
-    created: float
-    next_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class SinkCounts:
-    pending: int
-    delivered: int
-    failed: int
-    expired: int
-    suppressed: int
-    last_error: str
-    last_delivered: float | None
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    """The event as sinks, the API and ``healthd events --json`` show it."""
-    out: dict[str, Any] = {
-        "id": event.id,
-        "type": event.type.value,
-        "workload": event.workload,
-        "timestamp": format_time(event.timestamp),
-        "message": event.message,
-        "host": event.host,
-    }
-    if event.state_to is not None:
-        out["state_from"] = event.state_from.value if event.state_from else None
-        out["state_to"] = event.state_to.value
-    out["details"] = event.details
-    return out
-
-
-def _row_event(row: Sequence[Any]) -> Event:
-    event_id, _unix, stamp, kind, workload, host, message, state_from, state_to, details = row
-    return Event(
-        type=EventType(kind),
-        workload=workload,
-        timestamp=parse_time(stamp) or datetime.fromtimestamp(_unix, UTC),
-        message=message,
-        state_from=State(state_from) if state_from else None,
-        state_to=State(state_to) if state_to else None,
-        details=_details(details),
-        id=event_id,
-        host=host,
-    )
-
-
-def _details(text: str) -> dict[str, Any]:
-    # A damaged page (a file cut short by a crash of the host) can pass SQLite's checks with a
-    # record's bytes zeroed: the event is still shown, with what is left of its details.
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        return {"unreadable": str(text)}
-    return parsed if isinstance(parsed, dict) else {"unreadable": str(text)}
-
-
-def _text(value: str) -> str:
-    """``value`` as SQLite can store it. A file name that is not UTF-8 reaches Python with
-    lone surrogates, and one such event would otherwise fail every commit after it."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    return value
-
-
-_EVENT_COLUMNS = "id, unix, time, type, workload, host, message, state_from, state_to, details"
 
 
 class Journal:
@@ -289,7 +194,7 @@ class Journal:
                 found = db.execute("PRAGMA quick_check(1)").fetchone()[0]
                 if found != "ok":
                     raise JournalError(f"{self.path}: database is damaged: {found}")
-                db.executescript(_SCHEMA)
+                db.executescript(SCHEMA)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return int(db.execute("SELECT max(id) FROM events").fetchone()[0] or 0)
         except sqlite3.Error as exc:
@@ -544,9 +449,9 @@ class Journal:
                     e.timestamp.timestamp(),
                     format_time(e.timestamp),
                     e.type.value,
-                    _text(e.workload),
-                    _text(e.host),
-                    _text(e.message),
+                    storable(e.workload),
+                    storable(e.host),
+                    storable(e.message),
                     e.state_from.value if e.state_from else None,
                     e.state_to.value if e.state_to else None,
                     json.dumps(e.details, default=str),
@@ -559,7 +464,7 @@ class Journal:
             )
         with self._transaction() as db:
             db.executemany(
-                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
+                f"INSERT INTO events ({EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", rows
             )
             db.executemany(
                 "INSERT INTO deliveries (sink, event_id, state, created, next_at, updated) "
@@ -674,19 +579,19 @@ class Journal:
             args.append(since)
         order = "DESC" if newest else "ASC"
         sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} "
             f"ORDER BY id {order} LIMIT ?"
         )
         with self._lock:
             rows = self._connection().execute(sql, (*args, limit)).fetchall()
-        found = [_row_event(r) for r in rows]
+        found = [row_event(r) for r in rows]
         return found[::-1] if newest else found
 
     def due(self, sink: str, limit: int = 20) -> list[Delivery]:
         """The sink's pending deliveries, oldest event first (a sink delivers in order)."""
         sql = (
             f"SELECT d.id, d.reminder, d.attempts, d.created, d.next_at, "
-            f"{', '.join('e.' + c.strip() for c in _EVENT_COLUMNS.split(','))} "
+            f"{', '.join('e.' + c.strip() for c in EVENT_COLUMNS.split(','))} "
             "FROM deliveries d JOIN events e ON e.id = d.event_id "
             "WHERE d.sink = ? AND d.state = ? ORDER BY d.id LIMIT ?"
         )
@@ -700,7 +605,7 @@ class Journal:
                 attempts=r[2],
                 created=r[3],
                 next_at=r[4],
-                event=_row_event(r[5:]),
+                event=row_event(r[5:]),
             )
             for r in rows
         ]
