@@ -316,8 +316,10 @@ def test_state_changes_arrive_as_json_with_the_events_headers(
         assert h["x-healthd-event"] == event["type"]
         assert h["x-healthd-delivery"] == str(event["id"])
         assert "x-healthd-signature" not in h  # no secret_file
-    # the journal says the same: each of them delivered once, at the first attempt
-    delivered = {r["event_id"]: r for r in deliveries(daemon, "hook")}
+    # the journal says the same: each of them delivered once, at the first attempt. The
+    # receiver has an event a moment before the daemon has written its outcome: wait for that.
+    found = wait_for("the deliveries settled", lambda: settled(daemon), detail=daemon.log)
+    delivered = {r["event_id"]: r for r in found}
     assert [(delivered[i]["state"], delivered[i]["attempts"]) for i in ids] == [
         ("delivered", 1)
     ] * 3
