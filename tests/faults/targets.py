@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from integration.harness import (
-    MARK_VAR,
     PY,
     ApiClient,
     DaemonProc,
@@ -275,36 +274,6 @@ def netns(ip: str, tag: str) -> Iterator[str]:
         subprocess.run([ip, "netns", "del", name], check=False, timeout=10)
 
 
-@dataclass
-class NetnsDaemon(DaemonProc):
-    """A DaemonProc whose daemon runs inside a network namespace (``ip netns exec`` execs it
-    in place, so the PID is the daemon's own)."""
-
-    prefix: list[str] = field(default_factory=list)
-
-    def start(self, *extra: str) -> NetnsDaemon:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        argv = [*self.prefix, PY, "-m", "healthd", "run", "--config-dir", str(self.config_dir)]
-        argv += ["--status-dir", str(self.status_dir)]
-        if "--listen" not in extra:
-            argv += ["--listen", "127.0.0.1:0"]
-        # exec checks get none of the daemon's environment but what is passed: the marker
-        # must reach them, so that the test's cleanup finds whatever they leave running
-        argv += ["--pass-env", MARK_VAR, "--daemon-config", str(self.daemon_config), *extra]
-        if not self.daemon_config.exists():
-            self.daemon_config.write_text("# written by the fault suite\n")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        return self
-
-
 # Listens on each port given in argv and accepts forever (closing what it accepts); plain
 # sockets, as http.server would stall on getfqdn() in a namespace without DNS.
 LISTENER = """
@@ -341,12 +310,12 @@ def start_listener(prefix: list[str], ports: list[int], env: dict[str, str]) -> 
 @contextlib.contextmanager
 def daemon_in(
     ns_prefix: list[str], tmp_path: Path, env: dict[str, str]
-) -> Iterator[tuple[NetnsDaemon, ApiClient]]:
-    """A daemon inside a namespace, and a client of its API through a Unix socket (the
-    namespace's loopback is out of our reach; the filesystem is shared). Killed afterwards."""
-    daemon = NetnsDaemon(
-        tmp_path / "config", tmp_path / "status", env, tmp_path / "daemon.log", prefix=ns_prefix
-    )
+) -> Iterator[tuple[DaemonProc, ApiClient]]:
+    """A daemon inside a namespace (``ip netns exec`` execs it in place, so the PID is the
+    daemon's own), and a client of its API through a Unix socket (the namespace's loopback is
+    out of our reach; the filesystem is shared). Killed afterwards."""
+    daemon = DaemonProc(tmp_path / "config", tmp_path / "status", env, tmp_path / "daemon.log")
+    daemon.wrap = lambda argv: [*ns_prefix, *argv]
     daemon.config_dir.mkdir(exist_ok=True)
     socket_path = tmp_path / "api.sock"
     daemon.daemon_config.write_text(f"api:\n  socket: {socket_path}\n")
