@@ -1,11 +1,11 @@
-"""The daemon: load configs and saved status, schedule every workload, save, stop cleanly.
+"""The daemon: wire the parts, schedule every workload, save, stop cleanly.
 
 Stopping: the first request stops scheduling and lets checks and restarts in flight finish
 within ``stop_grace``; a second request (or the grace running out) cancels them. Status is then
 saved one last time.
 
 Operations for the API and CLI: pause and resume (maintenance), check now, reload (SIGHUP
-too; what changes is planned in ``reload.py``). Saving is ``persist.py``'s.
+too). Loading and reloading the config dir is ``workloads.py``'s; saving is ``persist.py``'s.
 """
 
 from __future__ import annotations
@@ -18,20 +18,19 @@ import resource
 import signal
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from healthd.actions import Actuator, CommandActuator
 from healthd.config.daemon import DaemonSettings
-from healthd.config.loader import LoadResult, load_dir
+from healthd.config.loader import LoadResult
 from healthd.config.workload import WorkloadConfig
 from healthd.engine.history import CheckHistory
 from healthd.engine.persist import DAEMON_FILENAME, StatusWriter
-from healthd.engine.policy import PolicySettings, WorkloadPolicy
-from healthd.engine.reload import ReloadReport, broken_names, plan_reload
+from healthd.engine.reload import ReloadReport
 from healthd.engine.runner import WorkloadRunner
 from healthd.engine.scheduler import Scheduler, Uniform
-from healthd.errors import NotMonitored, Problem, StatusFileError, UnknownWorkload
+from healthd.engine.workloads import Workloads
+from healthd.errors import NotMonitored, UnknownWorkload
 from healthd.events import EventBus
 from healthd.logs import Logger
 from healthd.model import CheckResult, Clock, Event, EventType, State, SystemClock, WorkloadStatus
@@ -67,15 +66,24 @@ class Daemon:
         )
         self.rng = rng
         self.store = StatusStore(settings.status_dir)
-        self.statuses: dict[str, WorkloadStatus] = {}
-        self.configs: dict[str, WorkloadConfig] = {}
         self.scheduler = Scheduler(
             log=log,
             exec_limit=settings.exec_in_flight,
             lag_warning=settings.lag_warning,
             rng=self.rng,
         )
-        self.loaded = LoadResult()
+        self.workloads = Workloads(
+            settings,
+            store=self.store,
+            scheduler=self.scheduler,
+            bus=bus,
+            log=log,
+            clock=self.clock,
+            resolver=self.resolver,
+            actuator=self.actuator,
+            on_change=self._changed,
+            save_soon=self._save_soon,
+        )
         self.started = asyncio.Event()  # set once every workload is scheduled
         self.started_at = datetime.now(UTC)
         self._stop = asyncio.Event()
@@ -88,14 +96,30 @@ class Daemon:
             flush_interval=settings.status_flush_interval,
             on_tick=self.scheduler.review,
         )
-        self.histories: dict[str, CheckHistory] = {}
-        self._reload_lock = asyncio.Lock()
         self._background: set[asyncio.Task[object]] = set()
         self.api_endpoints: dict[str, str] = {}  # where the API listens, for the CLI
 
     @property
     def runners(self) -> dict[str, WorkloadRunner]:
         return self.scheduler.runners
+
+    # The workloads' tables, read by the API and the metrics: owned by ``workloads.py``.
+
+    @property
+    def statuses(self) -> dict[str, WorkloadStatus]:
+        return self.workloads.statuses
+
+    @property
+    def configs(self) -> dict[str, WorkloadConfig]:
+        return self.workloads.configs
+
+    @property
+    def histories(self) -> dict[str, CheckHistory]:
+        return self.workloads.histories
+
+    @property
+    def loaded(self) -> LoadResult:
+        return self.workloads.loaded
 
     @property
     def stopping(self) -> bool:
@@ -196,83 +220,7 @@ class Daemon:
                 self.log.info("stale_temp_files_removed", files=",".join(sorted(removed)))
 
     def load(self) -> None:
-        self.loaded = load_dir(self.settings.config_dir, strict_modes=self.settings.strict_modes)
-        self._report_problems(self.loaded.problems)
-        try:
-            saved = self.store.read()
-        except StatusFileError as exc:
-            saved = self.store.salvage()  # before it moves: its whole entries are kept
-            try:
-                aside = str(self.store.quarantine())
-            except OSError as move_exc:
-                aside = f"(could not move it aside: {move_exc})"
-            self.log.error(
-                "status_file_unusable",
-                error=str(exc),
-                moved_to=aside,
-                kept=",".join(sorted(saved)),
-                consequence=f"the {len(saved)} whole entries are kept; other counters start "
-                "from zero",
-            )
-        self.configs = dict(self.loaded.configs)
-        # Which file each workload came from matters while loading, not while running: a
-        # Path per workload is a quarter of a megabyte at 1,000 workloads.
-        self.loaded.files.clear()
-        for name, cfg in self.configs.items():
-            status = saved.pop(name, None) or WorkloadStatus(workload=name)
-            self.statuses[name] = status
-            runner = self._runner_for(cfg, status)
-            if runner is not None:
-                self.scheduler.add(runner)
-        # Keep the saved status (and restart budget) of a workload whose file is broken now.
-        broken = broken_names(self.loaded)
-        dir_unreadable = self._dir_unreadable(self.loaded)
-        for name, status in saved.items():
-            if dir_unreadable or name in broken:
-                status.state = State.CONFIG_ERROR
-                status.healthy = False
-                self.statuses[name] = status
-
-    def _runner_for(
-        self, cfg: WorkloadConfig, status: WorkloadStatus, policy: WorkloadPolicy | None = None
-    ) -> WorkloadRunner | None:
-        """The runner of an enabled workload (None for a disabled one, marked so). A policy
-        passed in (a reload) keeps its verdict and restart pacing under the new settings."""
-        name = cfg.workload
-        if not cfg.enabled:
-            status.state = State.DISABLED
-            status.healthy = False
-            self.histories.pop(name, None)
-            return None
-        effective = cfg.with_defaults()
-        settings = PolicySettings(
-            effective.retries,
-            effective.auto_restart,
-            effective.max_restarts,
-            effective.restart_delay,
-        )
-        if policy is None:
-            policy = WorkloadPolicy(settings, status, self.clock)
-        else:
-            policy.settings = settings
-        history = self.histories.get(name)
-        if history is None:
-            history = self.histories[name] = CheckHistory()
-        return WorkloadRunner(
-            effective,
-            policy,
-            resolver=self.resolver,
-            actuator=self.actuator,
-            bus=self.bus,
-            clock=self.clock,
-            log=self.log,
-            address_ttl=self.settings.address_ttl,
-            on_change=self._changed,
-            history=history,
-        )
-
-    def _dir_unreadable(self, loaded: LoadResult) -> bool:
-        return any(Path(p.file) == self.settings.config_dir for p in loaded.problems)
+        self.workloads.load()
 
     # -- operations (API and CLI) -----------------------------------------------------------
 
@@ -332,80 +280,11 @@ class Daemon:
         return await self.runner(name).check_now()
 
     async def reload(self) -> ReloadReport:
-        """Re-read the config dir. All or nothing per workload: a file that does not load now
-        leaves its workload running on the config it had, and is reported."""
-        async with self._reload_lock:
-            loaded = await asyncio.to_thread(
-                load_dir, self.settings.config_dir, strict_modes=self.settings.strict_modes
-            )
-            report = self._apply(loaded)
-        self.log.info(
-            "config_reloaded",
-            added=len(report.added),
-            removed=len(report.removed),
-            changed=len(report.changed),
-            unchanged=report.unchanged,
-            kept=len(report.kept),
-            config_errors=len(report.problems),
-        )
-        self._report_problems(report.problems)
-        return report
-
-    def _report_problems(self, problems: list[Problem]) -> None:
-        for problem in problems:
-            self.log.error("config_error", problem=str(problem))
-            workload = Path(problem.file).name.rsplit(".", 1)[0]
-            self.bus.publish(
-                Event(
-                    EventType.CONFIG_ERROR,
-                    workload if Path(problem.file) != self.settings.config_dir else "",
-                    self.clock.now(),
-                    str(problem),
-                    details={"file": problem.file, "line": problem.line, "field": problem.field},
-                )
-            )
+        """Re-read the config dir (see ``Workloads.reload``)."""
+        return await self.workloads.reload()
 
     def _daemon_event(self, kind: EventType, message: str) -> None:
         self.bus.publish(Event(kind, "", self.clock.now(), message, details={"pid": os.getpid()}))
-
-    def _apply(self, loaded: LoadResult) -> ReloadReport:
-        loaded.files.clear()
-        dir_unreadable = self._dir_unreadable(loaded)
-        report = plan_reload(self.configs, loaded, dir_unreadable=dir_unreadable)
-        self.loaded.problems = list(loaded.problems)
-        if dir_unreadable:
-            return report
-        new_runners: list[WorkloadRunner] = []
-        for name in (*report.added, *report.changed):
-            cfg = loaded.configs[name]
-            status = self.statuses.get(name)
-            if status is None:
-                status = self.statuses[name] = WorkloadStatus(workload=name)
-            elif status.state is State.CONFIG_ERROR:
-                status.state = State.STARTING
-            old_runner = self.runners.get(name)
-            self.configs[name] = cfg
-            runner = self._runner_for(cfg, status, old_runner.policy if old_runner else None)
-            if runner is not None:
-                new_runners.append(runner)
-            self._changed(name, True)
-        broken = broken_names(loaded)
-        for name in report.removed:
-            del self.configs[name]
-        # Left broken at start (config_error, never configured here) and now gone: removed too.
-        stale = [n for n in self.statuses if n not in self.configs and n not in broken]
-        report.removed.extend(n for n in sorted(stale) if n not in report.removed)
-        for name in stale:
-            del self.statuses[name]
-            self.histories.pop(name, None)
-        self.scheduler.replace(
-            new_runners,
-            [*report.changed, *report.removed],
-            self.settings.first_check_within,
-        )
-        self.loaded.configs = dict(self.configs)
-        self.writer.save_soon()
-        return report
 
     async def _drain(self) -> None:
         self.scheduler.stop()
@@ -430,6 +309,9 @@ class Daemon:
     def _changed(self, workload: str, urgent: bool) -> None:
         self.writer.changed(workload, urgent)
 
+    def _save_soon(self) -> None:
+        self.writer.save_soon()
+
     def summary(self) -> dict[str, object]:
         """daemon.json: how the daemon keeps up, and where its API listens."""
         return {
@@ -446,9 +328,6 @@ class Daemon:
 def _ignore_outcome(future: asyncio.Future[CheckResult]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved, so asyncio does not log it as never seen
-
-
-_ENCODE_SLICE = 500
 
 
 def raise_open_file_limit() -> None:
