@@ -4,8 +4,8 @@ Stopping: the first request stops scheduling and lets checks and restarts in fli
 within ``stop_grace``; a second request (or the grace running out) cancels them. Status is then
 saved one last time.
 
-Operations for the API and CLI: pause and resume (maintenance), check now, reload (SIGHUP
-too). Loading and reloading the config dir is ``workloads.py``'s; saving is ``persist.py``'s.
+Operations for the API and CLI: pause and resume (maintenance), check now (``operations.py``),
+reload (SIGHUP too; ``workloads.py``, which loads the config dir). Saving is ``persist.py``'s.
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ from healthd.config.daemon import DaemonSettings
 from healthd.config.loader import LoadResult
 from healthd.config.workload import WorkloadConfig
 from healthd.engine.history import CheckHistory
+from healthd.engine.operations import Operations
 from healthd.engine.persist import DAEMON_FILENAME, StatusWriter
 from healthd.engine.reload import ReloadReport
 from healthd.engine.runner import WorkloadRunner
 from healthd.engine.scheduler import Scheduler, Uniform
 from healthd.engine.workloads import Workloads
-from healthd.errors import NotMonitored, UnknownWorkload
 from healthd.events import EventBus
 from healthd.logs import Logger
-from healthd.model import CheckResult, Clock, Event, EventType, State, SystemClock, WorkloadStatus
+from healthd.model import CheckResult, Clock, Event, EventType, SystemClock, WorkloadStatus
 from healthd.resolve import MachinectlResolver, Resolver
 from healthd.store.atomic import remove_stale_temps
 from healthd.store.status import StatusStore, format_time
@@ -83,6 +83,9 @@ class Daemon:
             actuator=self.actuator,
             on_change=self._changed,
             save_soon=self._save_soon,
+        )
+        self.operations = Operations(
+            self.workloads, bus=bus, log=log, clock=self.clock, on_change=self._changed
         )
         self.started = asyncio.Event()  # set once every workload is scheduled
         self.started_at = datetime.now(UTC)
@@ -226,58 +229,16 @@ class Daemon:
 
     def runner(self, name: str) -> WorkloadRunner:
         """The runner of a monitored workload; raises UnknownWorkload or NotMonitored."""
-        runner = self.runners.get(name)
-        if runner is not None:
-            return runner
-        status = self.statuses.get(name)
-        if status is None:
-            raise UnknownWorkload(name)
-        raise NotMonitored(name, status.state.value)
+        return self.operations.runner(name)
 
     def pause(self, name: str, reason: str = "") -> WorkloadStatus:
-        runner = self.runner(name)
-        was = runner.policy.status.paused
-        runner.policy.pause(reason)
-        status = runner.policy.status
-        if not was:
-            self.log.info("workload_paused", workload=name, reason=reason)
-            message = f"paused for maintenance: {reason}" if reason else "paused for maintenance"
-            self.bus.publish(
-                Event(
-                    EventType.PAUSED,
-                    name,
-                    self.clock.now(),
-                    message,
-                    state_from=status.state,
-                    state_to=State.PAUSED,
-                    details={"reason": reason},
-                )
-            )
-        self._changed(name, True)
-        return status
+        return self.operations.pause(name, reason)
 
     def resume(self, name: str) -> WorkloadStatus:
-        runner = self.runner(name)
-        if runner.policy.status.paused:
-            runner.policy.resume()
-            self.log.info("workload_resumed", workload=name)
-            self.bus.publish(
-                Event(
-                    EventType.RESUMED,
-                    name,
-                    self.clock.now(),
-                    "maintenance ended; checked now",
-                    state_from=State.PAUSED,
-                    state_to=runner.policy.status.state,
-                )
-            )
-            self._changed(name, True)
-            # Judge the workload now rather than an interval from now.
-            runner.check_now().add_done_callback(_ignore_outcome)
-        return runner.policy.status
+        return self.operations.resume(name)
 
     async def check_now(self, name: str) -> CheckResult:
-        return await self.runner(name).check_now()
+        return await self.operations.check_now(name)
 
     async def reload(self) -> ReloadReport:
         """Re-read the config dir (see ``Workloads.reload``)."""
@@ -323,11 +284,6 @@ class Daemon:
             "scheduler": self.scheduler.to_json(),
             "api": self.api_endpoints,
         }
-
-
-def _ignore_outcome(future: asyncio.Future[CheckResult]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved, so asyncio does not log it as never seen
 
 
 def raise_open_file_limit() -> None:
