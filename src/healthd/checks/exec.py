@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING
 
 from healthd import accounts
 from healthd.checks.probe import Probe
-from healthd.process import Child, ProcessOutcome, program_path
+from healthd.process import Child, ProcessOutcome
+from healthd.spawn import program_path
 
 if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
