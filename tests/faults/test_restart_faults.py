@@ -140,6 +140,13 @@ def test_missing_restart_program_is_a_clear_error_and_monitoring_goes_on(
     assert daemon.terminate() == 0
 
 
+def field(line: str, name: str) -> int:
+    """The integer ``name=N`` of a logfmt line."""
+    values = [item.partition("=")[2] for item in line.split() if item.startswith(f"{name}=")]
+    assert len(values) == 1, line
+    return int(values[0])
+
+
 def test_daemon_stopped_twice_during_a_hanging_restart_kills_it_and_exits(
     daemon: DaemonProc, tmp_path: Path
 ) -> None:
@@ -158,14 +165,15 @@ def test_daemon_stopped_twice_during_a_hanging_restart_kills_it_and_exits(
         since = len(daemon.log())
         daemon.proc.send_signal(signal.SIGTERM)
         stopping = daemon.wait_event("daemon_stopping", since)
-        assert "in_flight=1" in stopping[0].split()
+        # the restart, and maybe the canary's check if the signal came in the middle of one
+        assert field(stopping[0], "in_flight") in (1, 2), stopping[0]
         assert all(alive(p) for p in running)  # the first request lets it run
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(timeout=5) == 0
         gone(running, timeout=1.0)
         forced = daemon.events("stop_forced", since)
         assert forced, daemon.log()
-        assert "cancelled=1" in forced[0].split()
+        assert field(forced[0], "cancelled") in (1, 2), forced[0]
         saved = daemon.status("svc")
         assert saved is not None
         assert saved["restart_count"] == 0
