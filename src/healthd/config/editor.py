@@ -62,7 +62,8 @@ def write(config_dir: Path, cfg: WorkloadConfig) -> tuple[Path, bool]:
     parsed, problems = parse_text(text, str(path), cfg.workload)
     if parsed is None:
         raise ConfigError(problems)
-    if parsed != wanted:  # never write a file that would load as something else
+    # never write a file that would load as something else (compared as the file says it)
+    if parsed.to_yaml_mapping() != wanted.to_yaml_mapping():
         raise ConfigError(
             [Problem(str(path), 0, "", "cannot be written so that it reads back the same")]
         )
