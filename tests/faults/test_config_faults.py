@@ -117,7 +117,9 @@ def test_bad_files_are_reported_one_by_one_and_the_good_one_is_monitored(
     assert sorted(e["message"] for e in events) == expected
     files = {m.split(": ")[0].removesuffix(":5") for m in expected}
     assert {e["details"]["file"] for e in events} == files
-    assert client.get("/v1/events?type=daemon_started")["events"], "events after them commit"
+    wait_for(  # the events after them commit too
+        "daemon_started", lambda: client.get("/v1/events?type=daemon_started")["events"]
+    )
     assert "event_journal_commit_failed" not in daemon.log()
     assert [w["workload"] for w in client.get("/v1/workloads")["workloads"]] == ["web"]
     # Neither the 10 MB file nor the aliases were taken in whole: the daemon's peak memory is
@@ -191,10 +193,13 @@ def test_config_dir_that_is_a_file_is_reported(daemon: DaemonProc) -> None:
     daemon.start()
     client = connect(daemon)
     message = f"{daemon.config_dir}: cannot list: Not a directory"
+    # the API may answer before the journal's first batch is committed
+    events = wait_for(
+        "the config_error event", lambda: config_error_events(client), detail=daemon.log
+    )
+    assert [(e["workload"], e["message"]) for e in events] == [("", message)]
     assert problems_logged(daemon) == [message]
     assert config_errors(client) == [message]
-    events = config_error_events(client)
-    assert [(e["workload"], e["message"]) for e in events] == [("", message)]
     assert daemon.terminate() == 0
 
 
