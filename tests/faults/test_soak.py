@@ -26,6 +26,7 @@ from integration.harness import (
     connect,
     free_port,
     kill_group,
+    nginx_conf,
     pids_with,
     wait_for,
 )
@@ -43,26 +44,6 @@ RSS_GROWTH_MB = 8
 EXEC_WORKLOADS = 14
 
 
-def nginx_conf(directory: Path, port: int, build_info: str) -> Path:
-    """nginx on loopback, everything under ``directory``: 200 on /ok, 503 elsewhere."""
-    temps = "".join(
-        f"    {name}_temp_path {directory}/{name};\n"
-        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        if f"--without-http_{name}_module" not in build_info
-    )
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = directory / "nginx.conf"
-    conf.write_text(
-        f"{user}worker_processes 1;\npid {directory}/nginx.pid;\n"
-        f"error_log {directory}/error.log;\nevents {{ worker_connections 2048; }}\n"
-        f"http {{\n    access_log off;\n{temps}    keepalive_requests 100000;\n"
-        f"    server {{\n        listen 127.0.0.1:{port};\n"
-        '        location = /ok { return 200 "ok"; }\n'
-        '        location / { return 503 "down"; }\n    }\n}\n'
-    )
-    return conf
-
-
 @pytest.fixture
 def nginx(tmp_path: Path, require_binary: Callable[[str], str]) -> Iterator[int]:
     """A real nginx on a free loopback port; stopped (its whole group) at the end."""
@@ -71,7 +52,15 @@ def nginx(tmp_path: Path, require_binary: Callable[[str], str]) -> Iterator[int]
     directory.mkdir()
     info = subprocess.run([binary, "-V"], capture_output=True, text=True, check=True)
     port = free_port()
-    conf = nginx_conf(directory, port, info.stderr)
+    conf = nginx_conf(
+        directory,
+        port,
+        info.stderr,
+        ok_path="/ok",
+        down_body="down",
+        connections=2048,
+        http_extra="    keepalive_requests 100000;\n",
+    )
     argv = [binary, "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")]
     proc = subprocess.Popen(
         [*argv, "-g", "daemon off;"],

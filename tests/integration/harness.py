@@ -478,3 +478,34 @@ def deliveries(daemon: DaemonProc, sink: str) -> list[dict[str, Any]]:
                 return []  # the daemon is creating the database right now
             raise
     return [dict(r) for r in found]
+
+
+def nginx_conf(
+    directory: Path,
+    port: int,
+    build_info: str,
+    *,
+    ok_path: str,
+    down_body: str,
+    connections: int,
+    http_extra: str = "",
+) -> Path:
+    """A self-contained nginx config, everything under ``directory``, loopback only: 200 "ok"
+    on ``ok_path``, 503 ``down_body`` elsewhere. ``build_info`` is ``nginx -V``'s output (temp
+    paths are set only for the modules this nginx has)."""
+    temps = "".join(
+        f"    {name}_temp_path {directory}/{name};\n"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        if f"--without-http_{name}_module" not in build_info
+    )
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = directory / "nginx.conf"
+    conf.write_text(
+        f"{user}worker_processes 1;\npid {directory}/nginx.pid;\n"
+        f"error_log {directory}/error.log;\nevents {{ worker_connections {connections}; }}\n"
+        f"http {{\n    access_log off;\n{temps}{http_extra}"
+        f"    server {{\n        listen 127.0.0.1:{port};\n"
+        f'        location = {ok_path} {{ return 200 "ok"; }}\n'
+        f'        location / {{ return 503 "{down_body}"; }}\n    }}\n}}\n'
+    )
+    return conf

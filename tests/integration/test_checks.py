@@ -18,7 +18,7 @@ from healthd.config.workload import WorkloadConfig
 from healthd.model import CheckResult
 from healthd.process import run_process
 
-from .harness import alive, free_port, kill_group, pids_with, wait_for
+from .harness import alive, free_port, kill_group, nginx_conf, pids_with, wait_for
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -159,32 +159,19 @@ async def test_http_connection_closed_before_any_response() -> None:
     assert "connection closed before a response" in result.error
 
 
-def nginx_conf(tmp_path: Path, port: int, build_info: str) -> Path:
-    """A self-contained nginx config: everything under ``tmp_path``, loopback only."""
-    temps = "".join(
-        f"    {name}_temp_path {tmp_path}/{name};\n"
-        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        if f"--without-http_{name}_module" not in build_info
-    )
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        f"{user}worker_processes 1;\npid {tmp_path}/nginx.pid;\n"
-        f"error_log {tmp_path}/error.log;\nevents {{ worker_connections 64; }}\n"
-        f"http {{\n    access_log off;\n{temps}"
-        f"    server {{\n        listen 127.0.0.1:{port};\n"
-        '        location = /healthz { return 200 "ok"; }\n'
-        '        location / { return 503 "maintenance"; }\n    }\n}\n'
-    )
-    return conf
-
-
 async def test_http_against_nginx(tmp_path: Path, require_binary: Callable[[str], str]) -> None:
     nginx = require_binary("nginx")
     port = free_port()
     info = await asyncio.create_subprocess_exec(nginx, "-V", stderr=asyncio.subprocess.PIPE)
     _, build_info = await info.communicate()
-    conf = nginx_conf(tmp_path, port, build_info.decode())
+    conf = nginx_conf(
+        tmp_path,
+        port,
+        build_info.decode(),
+        ok_path="/healthz",
+        down_body="maintenance",
+        connections=64,
+    )
     error_log = tmp_path / "error.log"
     proc = await asyncio.create_subprocess_exec(
         *[nginx, "-p", str(tmp_path), "-c", str(conf), "-e", str(error_log)],
