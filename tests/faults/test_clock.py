@@ -171,8 +171,10 @@ def test_wall_clock_jumps_leave_schedules_deadlines_and_restart_delays_alone(
     assert len(durations) >= 20, history
     assert all(not r["ok"] for r in history), history
     # On the wall clock a deadline would expire at once after the jump forward, or an hour
-    # late after the jump back (the sleep ends first, at 5 s). A loaded host adds some lag.
-    assert all(TIMEOUT <= d < TIMEOUT + 1.0 for d in durations), f"timed out in {durations}"
+    # late after the jump back (the sleep ends first, at 5 s: hence the upper bound). A loaded
+    # CI host once stalled the whole process for 1.1 s, making two timeouts that overlapped
+    # the stall read 1.64 s; precision is judged on the median, not on the worst case.
+    assert all(TIMEOUT <= d < TIMEOUT + 2.5 for d in durations), f"timed out in {durations}"
     assert statistics.median(durations) < TIMEOUT + 0.1, f"timed out in {durations}"
     print(
         f"\nclock: checks per 3 s at offsets 0, +1h, 0: {counts}; restarts apart: {paced}; "
