@@ -54,6 +54,17 @@ class WorkloadConfig:
     user: str | None = None
     group: str | None = None
     env: tuple[tuple[str, str], ...] | None = None  # (NAME, value) pairs, in file order
+    # -- http options (checks/http.py) --
+
+    # -- tcp options (checks/tcp.py) --
+
+    # -- exec options (checks/exec.py) --
+
+    # -- grpc options (checks/grpc.py) --
+
+    # -- policy options (engine/policy.py) --
+
+    # -- end of options --
 
     def with_defaults(self) -> WorkloadConfig:
         """The config as the daemon uses it: check-kind defaults filled in."""
@@ -92,6 +103,17 @@ class WorkloadConfig:
             out["group"] = self.group
         if self.env is not None:
             out["env"] = dict(self.env)
+        # -- http options --
+
+        # -- tcp options --
+
+        # -- exec options --
+
+        # -- grpc options --
+
+        # -- policy options --
+
+        # -- end of options --
         return out
 
 
@@ -256,9 +278,23 @@ FIELDS: dict[str, Field] = {
     "user": Field(_as_str, _account),
     "group": Field(_as_str, _account),
     "env": Field(_as_env),
+    # -- http options --
+    # -- tcp options --
+    # -- exec options --
+    # -- grpc options --
+    # -- policy options --
+    # -- end of options --
 }
 REQUIRED = ("workload", "type")
-EXEC_ONLY = ("command", "user", "group", "env")
+# Keys that only one or some check kinds read: anywhere else they are a mistake, not ignored.
+KIND_ONLY: dict[str, frozenset[str]] = {
+    **dict.fromkeys(("command", "user", "group", "env"), frozenset({"exec"})),
+    # -- http options --
+    # -- tcp options --
+    # -- exec options --
+    # -- grpc options --
+    # -- end of options --
+}
 
 
 def did_you_mean(key: str) -> str:
@@ -286,10 +322,11 @@ def build(
         problem(
             "workload", f"{name!r} differs from the file name (expected {stem!r} in {stem}.yaml)"
         )
-    if "type" in values and values["type"] != "exec":
-        for key in EXEC_ONLY:
-            if key in values:
-                problem(key, f"only for exec checks (this is a {values['type']} check)")
+    if "type" in values:
+        for key, kinds in KIND_ONLY.items():
+            if key in values and values["type"] not in kinds:
+                problem(key, f"only for {' and '.join(sorted(kinds))} checks "
+                        f"(this is a {values['type']} check)")  # fmt: skip
     if problems:
         return None, problems
     cfg = WorkloadConfig(**values)
