@@ -20,6 +20,9 @@ class State(StrEnum):
     DISABLED = "disabled"  # configured with enabled: false, not monitored
     CONFIG_ERROR = "config_error"  # its file does not load now; last saved counters kept
     PAUSED = "paused"  # maintenance: checked, never restarted; shown over the machine's state
+    # -- policy states (engine/policy.py) --
+
+    # -- end of states --
 
 
 class EventType(StrEnum):
@@ -36,6 +39,13 @@ class EventType(StrEnum):
     CONFIG_ERROR = "config_error"
     DAEMON_STARTED = "daemon_started"
     DAEMON_STOPPING = "daemon_stopping"
+    # -- check events (checks/) --
+
+    # -- policy events (engine/policy.py) --
+
+    # -- operations events --
+
+    # -- end of events --
 
 
 class CheckResult(NamedTuple):
@@ -98,6 +108,11 @@ class WorkloadStatus:
     paused: bool = False
     paused_at: datetime | None = None
     paused_reason: str = ""
+    # -- check fields (checks/) --
+
+    # -- policy fields (engine/policy.py) --
+
+    # -- end of fields --
 
     @property
     def shown_state(self) -> State:
