@@ -9,6 +9,7 @@ unchanged. Durations are checked against Go itself: a small Go program running t
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -216,9 +217,14 @@ def test_seconds_round_trip_through_the_go_text(ns: int) -> None:
 # -- workload files -----------------------------------------------------------------------------
 
 
+def yaml_line_count(text: str) -> int:
+    """Lines as YAML numbers them: it breaks at \\r\\n, \\r, \\n, NEL, LS and PS."""
+    return len(re.split("\r\n|[\r\n\x85\u2028\u2029]", text))
+
+
 def _assert_problems_have_lines(problems: list[Any], text: str) -> None:
     assert problems
-    n_lines = text.count("\n") + 1
+    n_lines = yaml_line_count(text)
     for p in problems:
         assert p.file == "w.yaml"
         assert 1 <= p.line <= n_lines + 1, (p, text)
@@ -229,6 +235,7 @@ def _assert_problems_have_lines(problems: list[Any], text: str) -> None:
 @given(st.text(max_size=300))
 @example("workload: w\ntype: exec\ntarget: x\ninterval: " + "9" * 5000 + "s\n")
 @example("\x00")
+@example("0:\r0")  # a lone CR is a line break to YAML: the error is on line 3
 @example("a: &a [1]\nb: *a\n")
 def test_parse_text_on_arbitrary_text(text: str) -> None:
     cfg, problems = parse_text(text, "w.yaml", "w")
@@ -375,7 +382,7 @@ def _daemon_file(text: str) -> DaemonFile | list[Any]:
     except ConfigError as exc:
         problems = exc.problems
     assert problems
-    n_lines = text.count("\n") + 1
+    n_lines = yaml_line_count(text)
     for p in problems:
         assert p.file == "/etc/volt/healthd.yaml"
         assert 1 <= p.line <= n_lines + 1, (p, text)
