@@ -37,7 +37,9 @@ BAD_FILES: dict[str, list[tuple[int, str]]] = {
         (4, "retries: must be at least 1"),
         (5, "max_restarts: must be 0 (unlimited) or more"),
     ],
-    "invalid-check-type": [(2, "type: unknown check type 'grpc' (use one of: exec, http, tcp)")],
+    "invalid-check-type": [
+        (2, "type: unknown check type 'icmp' (use one of: exec, grpc, http, tcp)")
+    ],
     "invalid-tcp-no-port": [(1, "port: required for tcp checks")],
     "invalid-exec-no-target": [
         (

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Protocol
 
 from healthd.checks.exec import ExecCheck
+from healthd.checks.grpc import GrpcCheck
 from healthd.checks.http import HttpCheck
 from healthd.checks.probe import Probe
 from healthd.checks.tcp import TcpCheck
@@ -45,7 +46,9 @@ class CheckKind(Protocol):
         ...
 
 
-KINDS: dict[str, CheckKind] = {kind.name: kind for kind in (HttpCheck(), TcpCheck(), ExecCheck())}
+KINDS: dict[str, CheckKind] = {
+    kind.name: kind for kind in (HttpCheck(), TcpCheck(), ExecCheck(), GrpcCheck())
+}
 
 
 async def run_check(cfg: WorkloadConfig, address: str) -> CheckResult:

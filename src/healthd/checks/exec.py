@@ -10,6 +10,11 @@ as another user learns nothing of root's environment.
 The command runs in its own process group; at the deadline (or when it exits) the whole group
 is killed, so a check leaves nothing running. Output is kept up to 4 KiB for the error text.
 
+``expect_output`` (a substring) or ``expect_output_regex`` (``re.search``) must also be found
+in that output, stdout and stderr together as captured, for a healthy verdict: some programs
+exit 0 whatever they were told (``redis-cli ping`` printing ``NOAUTH Authentication
+required.``, for one).
+
 A ``target`` that is nothing but plain words (no quotes, expansions, globs, redirections,
 operators or comments), whose first word is a program on PATH and not something the shell
 treats itself, means the same to ``sh -c`` as to a direct exec of its words: it is run
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
 
 OUTPUT_CAP = 4096
+SHOWN_CHARS = 200  # of the output, in the error of a check whose output did not match
 # systemd's default PATH for services: the system's programs, nothing writable by users
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _passed: dict[str, str] = {}
@@ -139,6 +145,7 @@ class ExecProbe(Probe):
         "_child",
         "_credentials",
         "_env",
+        "_expect_regex",
         "_refused",
         "_runs",
     )
@@ -153,6 +160,8 @@ class ExecProbe(Probe):
             self._argv = tuple(direct) if direct else ("sh", "-c", cfg.target)
         self._child: Child | None = None
         self._runs = 0
+        regex = cfg.expect_output_regex
+        self._expect_regex = re.compile(regex) if regex is not None else None
         self._credentials: accounts.Credentials | None = None
         self._refused = ""  # why the check cannot run as its user (the accounts changed)
         if cfg.user is not None:
@@ -183,7 +192,10 @@ class ExecProbe(Probe):
     def _exited(self, outcome: ProcessOutcome) -> None:
         self._child = None
         if outcome.ok:
-            self._finish(True)
+            if self.cfg.expect_output is None and self._expect_regex is None:
+                self._finish(True)
+            else:
+                self._finish(*self._judge_output(outcome.output))
         elif outcome.returncode in _STOP_SIGNALS and self._loop is not None:
             # Stopping the service signals its whole cgroup or process group, and a command
             # caught that way may be reaped before the daemon itself sees the signal: hold the
@@ -191,6 +203,24 @@ class ExecProbe(Probe):
             self._loop.call_later(_STOP_SIGNAL_GRACE, self._report_failure, outcome, self._runs)
         else:
             self._report_failure(outcome, self._runs)
+
+    def _judge_output(self, output: str) -> tuple[bool, str]:
+        """(healthy, error) of a command that exited 0, by expect_output(_regex)."""
+        expected = self.cfg.expect_output
+        if expected is not None:
+            if expected in output:
+                return True, ""
+            must = f"contain {expected!r}"
+        else:
+            assert self._expect_regex is not None
+            if self._expect_regex.search(output):
+                return True, ""
+            must = f"match {self._expect_regex.pattern!r}"
+        if not output:
+            return False, f"exec check failed: exit status 0, but no output (it must {must})"
+        text = output[:SHOWN_CHARS]
+        shown = repr(text) + ("..." if len(text) < len(output) else "")
+        return False, f"exec check failed: exit status 0, but the output does not {must}: {shown}"
 
     def _report_failure(self, outcome: ProcessOutcome, run: int) -> None:
         if run == self._runs:  # not a later check's: this one may have timed out meanwhile
@@ -221,6 +251,18 @@ class ExecCheck:
             )
         if cfg.group is not None and cfg.user is None:
             yield "group", "set user as well: group only says which group the user runs with"
+        if cfg.expect_output is not None and cfg.expect_output_regex is not None:
+            yield (
+                "expect_output_regex",
+                "set expect_output (a substring) or expect_output_regex, not both",
+            )
+        elif cfg.expect_output_regex is not None:
+            try:
+                re.compile(cfg.expect_output_regex)
+            except (re.error, OverflowError) as exc:  # OverflowError: a{99999999999}
+                yield "expect_output_regex", f"invalid regular expression: {exc}"
+            except RecursionError:
+                yield "expect_output_regex", "invalid regular expression: nested too deeply"
         if cfg.user is not None:
             try:
                 creds = accounts.resolve(cfg.user, cfg.group)

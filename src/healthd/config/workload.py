@@ -57,11 +57,18 @@ class WorkloadConfig:
     # -- http options (checks/http.py) --
 
     # -- tcp options (checks/tcp.py) --
-
+    send: str | None = None  # written once connected
+    expect: str | None = None  # must appear in what the peer sends (substring)
     # -- exec options (checks/exec.py) --
-
+    expect_output: str | None = None  # substring of the captured output
+    expect_output_regex: str | None = None  # re.search on the captured output
     # -- grpc options (checks/grpc.py) --
-
+    service: str | None = None  # grpc.health.v1 service name; "" or unset: the whole server
+    tls: bool | None = None
+    # SHARED with http (its section defines the same three): keep one copy when merging
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
     # -- policy options (engine/policy.py) --
 
     # -- end of options --
@@ -106,11 +113,27 @@ class WorkloadConfig:
         # -- http options --
 
         # -- tcp options --
-
+        if self.send is not None:
+            out["send"] = self.send
+        if self.expect is not None:
+            out["expect"] = self.expect
         # -- exec options --
-
+        if self.expect_output is not None:
+            out["expect_output"] = self.expect_output
+        if self.expect_output_regex is not None:
+            out["expect_output_regex"] = self.expect_output_regex
         # -- grpc options --
-
+        if self.service is not None:
+            out["service"] = self.service
+        if self.tls is not None:
+            out["tls"] = self.tls
+        # SHARED with http (its section writes the same three): keep one copy when merging
+        if self.ca_file is not None:
+            out["ca_file"] = self.ca_file
+        if self.client_cert is not None:
+            out["client_cert"] = self.client_cert
+        if self.client_key is not None:
+            out["client_key"] = self.client_key
         # -- policy options --
 
         # -- end of options --
@@ -280,8 +303,19 @@ FIELDS: dict[str, Field] = {
     "env": Field(_as_env),
     # -- http options --
     # -- tcp options --
+    # NUL bytes allowed: they are only written to and looked for on a socket
+    "send": Field(_as_str, lambda v: None if v else "must not be empty"),
+    "expect": Field(_as_str, lambda v: None if v else "must not be empty"),
     # -- exec options --
+    "expect_output": Field(_as_str, lambda v: None if v else "must not be empty"),
+    "expect_output_regex": Field(_as_str, lambda v: None if v else "must not be empty"),
     # -- grpc options --
+    "service": Field(_as_text),  # "" is the whole server, as in the protocol
+    "tls": Field(_as_bool),
+    # SHARED with http (its section defines the same three): keep one copy when merging
+    "ca_file": Field(_as_text, lambda v: None if v else "must not be empty"),
+    "client_cert": Field(_as_text, lambda v: None if v else "must not be empty"),
+    "client_key": Field(_as_text, lambda v: None if v else "must not be empty"),
     # -- policy options --
     # -- end of options --
 }
@@ -291,8 +325,13 @@ KIND_ONLY: dict[str, frozenset[str]] = {
     **dict.fromkeys(("command", "user", "group", "env"), frozenset({"exec"})),
     # -- http options --
     # -- tcp options --
+    **dict.fromkeys(("send", "expect"), frozenset({"tcp"})),
     # -- exec options --
+    **dict.fromkeys(("expect_output", "expect_output_regex"), frozenset({"exec"})),
     # -- grpc options --
+    **dict.fromkeys(("service", "tls"), frozenset({"grpc"})),
+    # Read by http too: this entry must keep both kinds whichever section comes last
+    **dict.fromkeys(("ca_file", "client_cert", "client_key"), frozenset({"http", "grpc"})),
     # -- end of options --
 }
 
