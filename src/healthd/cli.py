@@ -210,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     api_client(resume)
     resume.add_argument("workload")
 
+    reset = sub.add_parser(
+        "reset",
+        help="restore WORKLOAD's restart budget (max_restarts), backoff and flap history; "
+        "a workload that gave up is restarted again when it fails",
+    )
+    api_client(reset)
+    reset.add_argument("workload")
+
     reload = sub.add_parser("reload", help="make the running daemon re-read the config dir")
     api_client(reload)
 
@@ -461,6 +469,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": _live("cmd_check"),
     "pause": _live("cmd_pause"),
     "resume": _live("cmd_resume"),
+    "reset": _live("cmd_reset"),
     "reload": _live("cmd_reload"),
     "events": cmd_events,
     "demo": cmd_demo,

@@ -1,7 +1,7 @@
 """The CLI commands that ask or change the running daemon: status, check, pause, resume,
-reload. Each goes through the daemon's API (``client.py`` finds it) and says plainly what it
-does when no daemon answers: status reads statuses.json, check runs here, pause and resume
-edit statuses.json for the next start, reload has nothing to do.
+reset, reload. Each goes through the daemon's API (``client.py`` finds it) and says plainly
+what it does when no daemon answers: status reads statuses.json, check runs here, pause,
+resume and reset edit statuses.json for the next start, reload has nothing to do.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from healthd.config.loader import load_dir
 from healthd.engine.lag import BOUNDS as LAG_BOUNDS
 from healthd.engine.lag import quantile
 from healthd.engine.persist import DAEMON_FILENAME
+from healthd.engine.policy import reset_budget
 from healthd.errors import HealthdError, StatusFileError
 from healthd.loop import run_loop
 from healthd.model import State, WorkloadStatus
@@ -229,6 +230,43 @@ def change_saved(args: argparse.Namespace, paused: bool) -> int:
     state = "paused" if paused else "resumed"
     print(
         f"{args.workload}: {state} in {store.path} (the daemon is not running; it applies at start)"
+    )
+    return OK
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Restore the restart budget through the daemon; with none running, in statuses.json."""
+    client = client_for(args, changes=True)
+    try:
+        answer = client.call("POST", f"/v1/workloads/{quote(args.workload, safe='')}/reset")
+    except ApiCallError as exc:
+        print(f"healthd: {exc}", file=sys.stderr)
+        return PROBLEM
+    except NotRunning as exc:
+        pid, _ = running_daemon(args.status_dir)
+        if pid is not None:
+            raise HealthdError(
+                f"the daemon (pid {pid}) runs but its API does not answer: {exc}"
+            ) from None
+        return reset_saved(args)
+    left = answer.get("restart_budget_left")
+    budget = "unlimited restarts" if left is None else f"{left} restart(s) left"
+    print(f"{args.workload}: restart budget restored ({budget}); state {answer['state']}")
+    return OK
+
+
+def reset_saved(args: argparse.Namespace) -> int:
+    store = StatusStore(args.status_dir)
+    statuses = store.read()
+    status = statuses.get(args.workload)
+    if status is None:
+        print(f"healthd: no status for workload {args.workload!r} in {store.path}", file=sys.stderr)
+        return PROBLEM
+    reset_budget(status)
+    store.write(statuses.values())
+    print(
+        f"{args.workload}: restart budget restored in {store.path} "
+        "(the daemon is not running; it applies at start)"
     )
     return OK
 

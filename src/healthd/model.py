@@ -42,6 +42,10 @@ class EventType(StrEnum):
     # -- check events (checks/) --
 
     # -- policy events (engine/policy.py) --
+    RESTART_HELD = "restart_held"  # a restart is due but held (flapping, a dependency)
+    FLAPPING = "flapping"  # the verdict changed more than flap_threshold times in flap_window
+    FLAPPING_STOPPED = "flapping_stopped"  # fewer than flap_threshold changes in the window
+    RESET = "reset"  # `healthd reset`: restart budget, backoff and flap history restored
 
     # -- operations events --
 
@@ -111,6 +115,18 @@ class WorkloadStatus:
     # -- check fields (checks/) --
 
     # -- policy fields (engine/policy.py) --
+    consecutive_successes: int = 0  # in a row, towards success_threshold, while not healthy
+    starting_until: datetime | None = None  # the end of the start period, while one runs
+    current_restart_delay: float | None = None  # restart_backoff: what paces the next attempt
+    # restart_count when `healthd reset` last restored the budget: restart_count stays the
+    # lifetime total (the reference's field), the budget counts the restarts made since.
+    restart_count_at_reset: int = 0
+    recent_restarts: tuple[datetime, ...] = ()  # restart_window: successful restarts in it
+    checks_stopped: bool = False  # on_exhausted: stop, and the budget is spent
+    restart_held: str = ""  # why a restart that is due waits ("dependency db unhealthy")
+    flapping: bool = False
+    flapping_since: datetime | None = None
+    verdict_changes: tuple[datetime, ...] = ()  # flap detection: within flap_window
 
     # -- end of fields --
 

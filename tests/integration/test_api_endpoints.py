@@ -33,6 +33,9 @@ from .harness import (
 # out while it is false).
 LIVE_FIELDS = {"paused", "monitored", "type", "auto_restart", "restart_budget_left"}
 LIVE_FIELDS |= {"next_restart_at"}
+# restart policies (issue 7): always shown, even when statuses.json leaves them out
+LIVE_FIELDS |= {"flapping", "restart_held", "checks_stopped", "restart_budget_frees_at"}
+LIVE_FIELDS |= {"current_restart_delay_seconds"}
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
 

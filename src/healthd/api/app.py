@@ -83,6 +83,7 @@ class Api:
             _Path(re.compile(rf"/v1/workloads/{name}/check"), {"POST": self.check}),
             _Path(re.compile(rf"/v1/workloads/{name}/pause"), {"POST": self.pause}),
             _Path(re.compile(rf"/v1/workloads/{name}/resume"), {"POST": self.resume}),
+            _Path(re.compile(rf"/v1/workloads/{name}/reset"), {"POST": self.reset}),
             _Path(re.compile(r"/v1/events"), {"GET": self.events}),
             _Path(re.compile(r"/v1/events/stream"), {"GET": self.events_stream}),
             _Path(re.compile(r"/v1/sinks"), {"GET": self.sinks}),
@@ -266,6 +267,12 @@ class Api:
         _object_body(request, set())
         self._runner(name)
         status = self.daemon.resume(name)
+        return json_response(200, views.status_entry(self.daemon, status))
+
+    async def reset(self, request: Request, name: str) -> Response:
+        _object_body(request, set())
+        self._runner(name)
+        status = self.daemon.operations.reset(name)
         return json_response(200, views.status_entry(self.daemon, status))
 
     async def reload(self, request: Request, _: str) -> Response:

@@ -83,6 +83,33 @@ _SCHEMAS: dict[str, Any] = {
             "last_check_duration_seconds": {"type": "number", "minimum": 0},
             "paused_at": _TIME,
             "paused_reason": {"type": "string"},
+            # restart policies (engine/policy.py)
+            "flapping": {"type": "boolean"},
+            "restart_held": _nullable(
+                {"type": "string", "description": "why a due restart waits (a dependency, ...)"}
+            ),
+            "checks_stopped": {
+                "type": "boolean",
+                "description": "on_exhausted: stop, budget spent: not checked until a reset",
+            },
+            "restart_budget_frees_at": _nullable(_TIME),
+            "current_restart_delay_seconds": _nullable(
+                {
+                    "type": "number",
+                    "minimum": 0,
+                    "description": "what paces the next restart attempt (restart_backoff "
+                    "grows it); null without auto_restart",
+                }
+            ),
+            "consecutive_successes": _COUNT,
+            "starting_until": _TIME,
+            "restart_count_at_reset": {
+                **_COUNT,
+                "description": "restart_count at the last reset; the budget counts from it",
+            },
+            "recent_restarts": {"type": "array", "items": _TIME},
+            "flapping_since": _TIME,
+            "verdict_changes": {"type": "array", "items": _TIME},
         },
     ),
     "StatusList": _object(
@@ -164,6 +191,17 @@ _SCHEMAS: dict[str, Any] = {
             "group": {"type": "string"},
             # names only: the values stay in the file
             "env": {"type": "array", "items": {"type": "string"}},
+            # restart policies
+            "success_threshold": {"type": "integer", "minimum": 1},
+            "start_period": {"type": "string"},
+            "restart_backoff": {"type": "boolean"},
+            "max_restart_delay": {"type": "string"},
+            "backoff_reset": {"type": "string"},
+            "restart_window": {"type": "string"},
+            "on_exhausted": {"type": "string", "enum": ["keep_checking", "stop"]},
+            "flap_threshold": {"type": "integer", "minimum": 0},
+            "flap_window": {"type": "string"},
+            "depends_on": {"type": "array", "items": _NAME},
         },
     ),
     "WorkloadList": _object(
@@ -469,6 +507,16 @@ def document() -> dict[str, Any]:
             "/v1/workloads/{workload}/resume": {
                 **workload,
                 **_post("End maintenance", "Status", "Empty", 404, 409),
+            },
+            "/v1/workloads/{workload}/reset": {
+                **workload,
+                **_post(
+                    "Restore the restart budget, backoff and flap history; check now",
+                    "Status",
+                    "Empty",
+                    404,
+                    409,
+                ),
             },
             "/-/reload": _post("Re-read the config dir", "ReloadReport", "Empty"),
             "/v1/events": _get(

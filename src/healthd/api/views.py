@@ -35,23 +35,33 @@ def status_entry(daemon: Daemon, status: WorkloadStatus) -> dict[str, Any]:
     out["monitored"] = runner is not None
     cfg = daemon.configs.get(status.workload)
     out["type"] = cfg.type if cfg is not None else None
+    out["flapping"] = status.flapping
+    out["restart_held"] = status.restart_held or None
+    out["checks_stopped"] = status.checks_stopped
     if runner is None:
         out["auto_restart"] = False
         out["restart_budget_left"] = None
         out["next_restart_at"] = None
+        out["restart_budget_frees_at"] = None
+        out["current_restart_delay_seconds"] = None
         return out
     policy = runner.policy
     out["auto_restart"] = policy.settings.auto_restart
     out["restart_budget_left"] = policy.budget_left()
     due = policy.next_restart_at()
-    if due is None or not policy.settings.auto_restart:
-        out["next_restart_at"] = None
-    else:
-        wait = due - daemon.clock.monotonic()
-        out["next_restart_at"] = format_time(
-            datetime.fromtimestamp(time.time() + max(0.0, wait), UTC)
-        )
+    restarts = policy.settings.auto_restart
+    out["next_restart_at"] = _from_monotonic(daemon, due) if restarts else None
+    out["restart_budget_frees_at"] = _from_monotonic(daemon, policy.budget_frees_at())
+    out["current_restart_delay_seconds"] = policy.restart_delay_now() if restarts else None
     return out
+
+
+def _from_monotonic(daemon: Daemon, when: float | None) -> str | None:
+    """A time on the daemon's monotonic clock as RFC 3339 (now when it has passed)."""
+    if when is None:
+        return None
+    wait = when - daemon.clock.monotonic()
+    return format_time(datetime.fromtimestamp(time.time() + max(0.0, wait), UTC))
 
 
 def all_statuses(daemon: Daemon) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import yaml
 
 from healthd import durations
 from healthd.checks import KINDS
+from healthd.config import policy_keys
 from healthd.errors import DurationError, Problem, WorkloadNameError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
@@ -70,6 +71,16 @@ class WorkloadConfig:
     client_cert: str | None = None
     client_key: str | None = None
     # -- policy options (engine/policy.py) --
+    success_threshold: int | None = None
+    start_period: float | None = None
+    restart_backoff: bool | None = None
+    max_restart_delay: float | None = None
+    backoff_reset: float | None = None
+    restart_window: float | None = None
+    on_exhausted: str | None = None
+    flap_threshold: int | None = None
+    flap_window: float | None = None
+    depends_on: tuple[str, ...] | None = None
 
     # -- end of options --
 
@@ -135,6 +146,16 @@ class WorkloadConfig:
         if self.client_key is not None:
             out["client_key"] = self.client_key
         # -- policy options --
+        for key in ("success_threshold", "restart_backoff", "on_exhausted", "flap_threshold"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        for key in (
+            "start_period", "max_restart_delay", "backoff_reset", "restart_window", "flap_window"
+        ):  # fmt: skip
+            if getattr(self, key) is not None:
+                out[key] = durations.format_seconds(getattr(self, key))
+        if self.depends_on is not None:
+            out["depends_on"] = list(self.depends_on)
 
         # -- end of options --
         return out
@@ -317,6 +338,16 @@ FIELDS: dict[str, Field] = {
     "client_cert": Field(_as_text, lambda v: None if v else "must not be empty"),
     "client_key": Field(_as_text, lambda v: None if v else "must not be empty"),
     # -- policy options --
+    "success_threshold": Field(_as_int, policy_keys.at_least_one),
+    "start_period": Field(_as_duration, policy_keys.not_negative),
+    "restart_backoff": Field(_as_bool),
+    "max_restart_delay": Field(_as_duration, _positive),
+    "backoff_reset": Field(_as_duration, _positive),
+    "restart_window": Field(_as_duration, _positive),
+    "on_exhausted": Field(_as_str, policy_keys.on_exhausted),
+    "flap_threshold": Field(_as_int, policy_keys.flap_threshold),
+    "flap_window": Field(_as_duration, _positive),
+    "depends_on": Field(policy_keys.as_names),
     # -- end of options --
 }
 REQUIRED = ("workload", "type")
@@ -370,6 +401,8 @@ def build(
         return None, problems
     cfg = WorkloadConfig(**values)
     for fieldname, reason in KINDS[cfg.type].validate(cfg):
+        problem(fieldname, reason)
+    for fieldname, reason in policy_keys.problems(cfg):
         problem(fieldname, reason)
     if problems:
         return None, problems

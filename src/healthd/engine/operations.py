@@ -1,7 +1,8 @@
-"""What the API and the CLI ask of one workload: pause and resume it (maintenance), check it now.
+"""What the API and the CLI ask of one workload: pause and resume it (maintenance), check it
+now, reset its restart budget.
 
 Apart from the daemon's wiring and stopping so each has one owner; the daemon's ``pause``,
-``resume``, ``check_now`` and ``runner`` call these.
+``resume``, ``check_now`` and ``runner`` call these (and the API calls ``reset`` here).
 """
 
 from __future__ import annotations
@@ -84,6 +85,25 @@ class Operations:
             # Judge the workload now rather than an interval from now.
             runner.check_now().add_done_callback(_ignore_outcome)
         return runner.policy.status
+
+    def reset(self, name: str) -> WorkloadStatus:
+        """Restore the restart budget, backoff and flap history; checking resumes at once
+        (a workload whose checks had stopped included)."""
+        runner = self.runner(name)
+        status = runner.policy.status
+        was, left = status.state, runner.policy.budget_left()
+        decision = runner.policy.reset()
+        self.log.info(
+            "workload_reset",
+            workload=name,
+            state_from=was.value,
+            budget_left_before="unlimited" if left is None else left,
+        )
+        for event in decision.events:
+            self.bus.publish(event)
+        self._changed(name, True)
+        runner.check_now().add_done_callback(_ignore_outcome)
+        return status
 
     async def check_now(self, name: str) -> CheckResult:
         return await self.runner(name).check_now()

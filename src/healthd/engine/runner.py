@@ -172,6 +172,22 @@ class WorkloadRunner:
         self._scheduled = True
         self._due = self.wheel.call_at(self._loop.time() + delay, self._on_due)
 
+    def _schedule_next(self) -> None:
+        """One interval from now; sooner when someone asked for a check. With its checks
+        stopped (``on_exhausted: stop``) none until a restart window frees the budget, or
+        ``check_now`` (a reset, a resume, the API) or a reload starts them again."""
+        if self._asked:
+            self._schedule(0.0)
+        elif not self.policy.status.checks_stopped:
+            self._schedule(self.cfg.interval)
+        else:
+            frees = self.policy.budget_frees_at()
+            if frees is not None:
+                assert self.wheel is not None
+                # one tick late: due times are rounded down, and the budget must be free
+                wait = frees - self.clock.monotonic() + self.wheel.tick
+                self._schedule(max(wait, 0.0))
+
     def _on_due(self) -> None:
         if not self._scheduled:  # stopped meanwhile
             return
@@ -246,7 +262,7 @@ class WorkloadRunner:
             return
         self.on_change(self.cfg.workload, (status.state, status.restart_count) != before)
         self._set_idle()
-        self._schedule(0.0 if self._asked else self.cfg.interval)
+        self._schedule_next()
 
     async def _restart(self) -> None:
         try:
@@ -268,7 +284,7 @@ class WorkloadRunner:
             )
         self.on_change(self.cfg.workload, True)
         self._set_idle()
-        self._schedule(0.0 if self._asked else self.cfg.interval)
+        self._schedule_next()
 
     # -- address ----------------------------------------------------------------------------
 

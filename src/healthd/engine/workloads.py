@@ -17,8 +17,9 @@ from healthd.actions import Actuator
 from healthd.config.daemon import DaemonSettings
 from healthd.config.loader import LoadResult, load_dir
 from healthd.config.workload import WorkloadConfig
+from healthd.engine import dependencies
 from healthd.engine.history import CheckHistory
-from healthd.engine.policy import PolicySettings, WorkloadPolicy
+from healthd.engine.policy import DependencyLookup, PolicySettings, WorkloadPolicy
 from healthd.engine.reload import ReloadReport, broken_names, plan_reload
 from healthd.engine.runner import WorkloadRunner
 from healthd.engine.scheduler import Scheduler
@@ -60,6 +61,7 @@ class Workloads:
         self.histories: dict[str, CheckHistory] = {}
         self.loaded = LoadResult()
         self._reload_lock = asyncio.Lock()
+        self._cyclic: dict[str, frozenset[str]] = {}  # depends_on edges that close a cycle
 
     @property
     def runners(self) -> dict[str, WorkloadRunner]:
@@ -85,6 +87,7 @@ class Workloads:
                 "from zero",
             )
         self.configs = dict(self.loaded.configs)
+        self._review_dependencies()
         # Which file each workload came from matters while loading, not while running: a
         # Path per workload is a quarter of a megabyte at 1,000 workloads.
         self.loaded.files.clear()
@@ -115,16 +118,12 @@ class Workloads:
             self.histories.pop(name, None)
             return None
         effective = cfg.with_defaults()
-        settings = PolicySettings(
-            effective.retries,
-            effective.auto_restart,
-            effective.max_restarts,
-            effective.restart_delay,
-        )
+        settings = policy_settings(effective)
+        lookup = self._dependency_lookup(name) if settings.depends_on else None
         if policy is None:
-            policy = WorkloadPolicy(settings, status, self.clock)
+            policy = WorkloadPolicy(settings, status, self.clock, lookup)
         else:
-            policy.settings = settings
+            policy.configure(settings, lookup)
         history = self.histories.get(name)
         if history is None:
             history = self.histories[name] = CheckHistory()
@@ -140,6 +139,41 @@ class Workloads:
             on_change=self._changed,
             history=history,
         )
+
+    # -- depends_on --------------------------------------------------------------------------
+
+    def _dependency_lookup(self, name: str) -> DependencyLookup:
+        """What ``name``'s policy asks about its dependencies: the status of a monitored one;
+        None (holds nothing) for one not monitored or closing a cycle with ``name``."""
+
+        def lookup(dep: str) -> WorkloadStatus | None:
+            if dep in self._cyclic.get(name, ()) or dep not in self.runners:
+                return None
+            return self.statuses.get(dep)
+
+        return lookup
+
+    def _review_dependencies(self) -> None:
+        """After every load and reload: find cycles (their dependencies hold nothing, or they
+        would hold each other forever) and names not configured (they hold nothing until a
+        workload of that name is added); both are logged."""
+        report = dependencies.review(
+            {name: cfg.depends_on or () for name, cfg in self.configs.items()}
+        )
+        self._cyclic = report.cyclic
+        for cycle in report.cycles:
+            self.log.warning(
+                "dependency_cycle",
+                workloads=",".join(cycle),
+                consequence="depends_on between these workloads never holds a restart",
+            )
+        for name, unknown in sorted(report.missing.items()):
+            self.log.warning(
+                "dependency_not_configured",
+                workload=name,
+                depends_on=",".join(unknown),
+                consequence="holds no restart until a workload of that name is configured",
+            )
 
     def _dir_unreadable(self, loaded: LoadResult) -> bool:
         return any(Path(p.file) == self.settings.config_dir for p in loaded.problems)
@@ -202,6 +236,8 @@ class Workloads:
         broken = broken_names(loaded)
         for name in report.removed:
             del self.configs[name]
+        if report.added or report.changed or report.removed:
+            self._review_dependencies()
         # Left broken at start (config_error, never configured here) and now gone: removed too.
         stale = [n for n in self.statuses if n not in self.configs and n not in broken]
         report.removed.extend(n for n in sorted(stale) if n not in report.removed)
@@ -216,3 +252,29 @@ class Workloads:
         self.loaded.configs = dict(self.configs)
         self._save_soon()
         return report
+
+
+def policy_settings(cfg: WorkloadConfig) -> PolicySettings:
+    """The state machine's settings from a config (defaults filled in): what is not set in the
+    file gets PolicySettings' default, which is the reference's behaviour."""
+    d = PolicySettings()
+    backoff_cap = (
+        cfg.max_restart_delay if cfg.max_restart_delay is not None else d.max_restart_delay
+    )
+    return PolicySettings(
+        retries=cfg.retries,
+        auto_restart=cfg.auto_restart,
+        max_restarts=cfg.max_restarts,
+        restart_delay=cfg.restart_delay,
+        success_threshold=cfg.success_threshold or d.success_threshold,
+        start_period=cfg.start_period or d.start_period,
+        restart_backoff=bool(cfg.restart_backoff),
+        # a restart_delay longer than the default cap is never shortened by backoff
+        max_restart_delay=max(backoff_cap, cfg.restart_delay),
+        backoff_reset=cfg.backoff_reset or d.backoff_reset,
+        restart_window=cfg.restart_window or d.restart_window,
+        on_exhausted=cfg.on_exhausted or d.on_exhausted,
+        flap_threshold=cfg.flap_threshold or d.flap_threshold,
+        flap_window=cfg.flap_window or d.flap_window,
+        depends_on=cfg.depends_on or (),
+    )

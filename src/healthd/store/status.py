@@ -30,6 +30,7 @@ _INT_FIELDS = (
     "restart_count",
     "restart_failures",
 )
+_MAX_TIMES = 1000  # restart_window allows max_restarts up to 1000
 _TIME_FIELDS = (
     "last_check",
     "last_healthy",
@@ -84,7 +85,58 @@ def to_json(s: WorkloadStatus) -> dict[str, Any]:
         out["paused_at"] = format_time(s.paused_at)
         if s.paused_reason:
             out["paused_reason"] = s.paused_reason
+    _policy_to_json(s, out)
     return out
+
+
+def _policy_to_json(s: WorkloadStatus, out: dict[str, Any]) -> None:
+    """The restart policies' fields (engine/policy.py), each only when it says something."""
+    if s.consecutive_successes:
+        out["consecutive_successes"] = s.consecutive_successes
+    if s.starting_until is not None:
+        out["starting_until"] = format_time(s.starting_until)
+    if s.current_restart_delay is not None:
+        out["current_restart_delay_seconds"] = round(s.current_restart_delay, 6)
+    if s.restart_count_at_reset:
+        out["restart_count_at_reset"] = s.restart_count_at_reset
+    if s.recent_restarts:
+        out["recent_restarts"] = [format_time(t) for t in s.recent_restarts]
+    if s.checks_stopped:
+        out["checks_stopped"] = True
+    if s.restart_held:
+        out["restart_held"] = s.restart_held
+    if s.flapping:
+        out["flapping"] = True
+        out["flapping_since"] = format_time(s.flapping_since)
+    if s.verdict_changes:
+        out["verdict_changes"] = [format_time(t) for t in s.verdict_changes]
+
+
+def _policy_from_json(obj: dict[str, Any], s: WorkloadStatus) -> None:
+    for name in ("consecutive_successes", "restart_count_at_reset"):
+        value = obj.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            setattr(s, name, value)
+    s.starting_until = parse_time(obj.get("starting_until"))
+    delay = obj.get("current_restart_delay_seconds")
+    if isinstance(delay, int | float) and not isinstance(delay, bool) and 0 < delay < 1e9:
+        s.current_restart_delay = float(delay)
+    s.recent_restarts = _times(obj.get("recent_restarts"))
+    s.verdict_changes = _times(obj.get("verdict_changes"))
+    s.checks_stopped = obj.get("checks_stopped") is True
+    if isinstance(obj.get("restart_held"), str):
+        s.restart_held = obj["restart_held"]
+    s.flapping = obj.get("flapping") is True
+    s.flapping_since = parse_time(obj.get("flapping_since")) if s.flapping else None
+
+
+def _times(value: Any) -> tuple[datetime, ...]:
+    """A saved list of times; what is not one is left out, and the list is bounded (the
+    policy keeps at most max_restarts or flap_threshold + 1 of them)."""
+    if not isinstance(value, list):
+        return ()
+    parsed = (parse_time(v) for v in value[-_MAX_TIMES:])
+    return tuple(t for t in parsed if t is not None)
 
 
 def from_json(obj: Any) -> WorkloadStatus | None:
@@ -106,6 +158,7 @@ def from_json(obj: Any) -> WorkloadStatus | None:
     if isinstance(duration, int | float) and not isinstance(duration, bool):
         s.last_check_duration = float(duration)
     s.paused = obj.get("paused") is True
+    _policy_from_json(obj, s)
     try:
         s.state = State(obj["state"])
         if s.state is State.PAUSED:  # a shown state, not the machine's: derive that
