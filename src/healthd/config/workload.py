@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from healthd import durations
-from healthd.checks import KINDS
+from healthd.checks import KINDS, http_options
 from healthd.errors import DurationError, Problem, WorkloadNameError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
@@ -55,6 +55,20 @@ class WorkloadConfig:
     group: str | None = None
     env: tuple[tuple[str, str], ...] | None = None  # (NAME, value) pairs, in file order
     # -- http options (checks/http.py) --
+    scheme: str | None = None  # http (not set) or https
+    method: str | None = None  # GET when not set
+    headers: tuple[tuple[str, str], ...] | None = None  # (name, value) pairs, in file order
+    expected_status: tuple[tuple[int, int], ...] | None = None  # (low, high); 200-399 not set
+    body_contains: str | None = None
+    body_regex: re.Pattern[str] | None = None  # compiled when loaded
+    follow_redirects: bool | None = None
+    tls_skip_verify: bool | None = None
+    cert_expiry_warn: float | None = None
+    # SHARED with grpc (its section defines the same three, identically): keep one copy when
+    # merging
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
     # -- tcp options (checks/tcp.py) --
 
@@ -104,6 +118,14 @@ class WorkloadConfig:
         if self.env is not None:
             out["env"] = dict(self.env)
         # -- http options --
+        out |= http_options.to_yaml(self)
+        # SHARED with grpc (its section writes the same three): keep one copy when merging
+        if self.ca_file is not None:
+            out["ca_file"] = self.ca_file
+        if self.client_cert is not None:
+            out["client_cert"] = self.client_cert
+        if self.client_key is not None:
+            out["client_key"] = self.client_key
 
         # -- tcp options --
 
@@ -279,6 +301,19 @@ FIELDS: dict[str, Field] = {
     "group": Field(_as_str, _account),
     "env": Field(_as_env),
     # -- http options --
+    "scheme": Field(_as_str, http_options.check_scheme),
+    "method": Field(_as_str, http_options.check_method),
+    "headers": Field(http_options.as_headers),
+    "expected_status": Field(http_options.as_status),
+    "body_contains": Field(_as_text, http_options.check_needle),
+    "body_regex": Field(http_options.as_regex),
+    "follow_redirects": Field(_as_bool),
+    "tls_skip_verify": Field(_as_bool),
+    "cert_expiry_warn": Field(_as_duration, _positive),
+    # SHARED with grpc (its section defines the same three): keep one copy when merging
+    "ca_file": Field(_as_text, lambda v: None if v else "must not be empty"),
+    "client_cert": Field(_as_text, lambda v: None if v else "must not be empty"),
+    "client_key": Field(_as_text, lambda v: None if v else "must not be empty"),
     # -- tcp options --
     # -- exec options --
     # -- grpc options --
@@ -290,6 +325,9 @@ REQUIRED = ("workload", "type")
 KIND_ONLY: dict[str, frozenset[str]] = {
     **dict.fromkeys(("command", "user", "group", "env"), frozenset({"exec"})),
     # -- http options --
+    **dict.fromkeys(http_options.KEYS, frozenset({"http"})),
+    # SHARED with grpc (its section has the same line): keep one copy when merging
+    **dict.fromkeys(("ca_file", "client_cert", "client_key"), frozenset({"http", "grpc"})),
     # -- tcp options --
     # -- exec options --
     # -- grpc options --
