@@ -40,6 +40,7 @@ class EventType(StrEnum):
     DAEMON_STARTED = "daemon_started"
     DAEMON_STOPPING = "daemon_stopping"
     # -- check events (checks/) --
+    CERT_EXPIRING = "cert_expiring"  # an https server's certificate is within cert_expiry_warn
 
     # -- policy events (engine/policy.py) --
     RESTART_HELD = "restart_held"  # a restart is due but held (flapping, a dependency)
@@ -62,6 +63,8 @@ class CheckResult(NamedTuple):
     ok: bool
     duration: float
     error: str = ""
+    # https: the notAfter (Unix seconds) of the certificate the server presented, if one did
+    cert_not_after: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,11 @@ class WorkloadStatus:
     paused_at: datetime | None = None
     paused_reason: str = ""
     # -- check fields (checks/) --
+    # https: the notAfter (Unix seconds) of the server's certificate at the last check that
+    # saw one, and that of the certificate cert_expiring was sent for (engine/certs.py). In
+    # memory only: after a daemon restart a certificate still expiring is announced again.
+    cert_not_after: float | None = None
+    cert_warned: float | None = None
 
     # -- policy fields (engine/policy.py) --
     consecutive_successes: int = 0  # in a row, towards success_threshold, while not healthy

@@ -13,6 +13,7 @@ a daemon nobody scrapes does not carry it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ class WorkloadSample:
     last_check: float | None  # Unix seconds
     buckets: tuple[int, ...] | None  # per DURATION_BOUNDS and +Inf, not cumulative
     duration_sum: float
+    cert_expiry: float | None = None  # https: seconds until the server certificate expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,7 @@ def snapshot(
     ``pending``: each sink's outbox, read from the journal (in a thread) just before;
     ``events``: events committed since the start, by type."""
     samples = []
+    now = time.time()
     for name in sorted(daemon.statuses):
         s = daemon.statuses[name]
         cfg = daemon.configs.get(name)
@@ -122,6 +125,9 @@ def snapshot(
                 last_check=s.last_check.timestamp() if s.last_check else None,
                 buckets=tuple(buckets) if buckets is not None else None,
                 duration_sum=history.sum if history is not None else 0.0,
+                cert_expiry=s.cert_not_after - now
+                if s.cert_not_after is not None and cfg is not None and cfg.scheme == "https"
+                else None,
             )
         )
     sinks = []
@@ -296,6 +302,19 @@ def _last_check(workloads: list[WorkloadSample]) -> Metric:
     return family
 
 
+def _cert_expiry(workloads: list[WorkloadSample]) -> Metric:
+    family = GaugeMetricFamily(
+        "healthd_tls_cert_expiry_seconds",
+        "https: seconds until the certificate the server last presented expires (negative: "
+        "expired).",
+        labels=["workload"],
+    )
+    for w in workloads:
+        if w.cert_expiry is not None:
+            family.add_metric([w.name], round(w.cert_expiry, 3))
+    return family
+
+
 _WORKLOAD_FAMILIES: tuple[Callable[[list[WorkloadSample]], Metric], ...] = (
     _up,
     _state,
@@ -304,6 +323,7 @@ _WORKLOAD_FAMILIES: tuple[Callable[[list[WorkloadSample]], Metric], ...] = (
     _consecutive,
     _restarts,
     _last_check,
+    _cert_expiry,
 )
 
 

@@ -123,6 +123,8 @@ def workloads(daemon: Daemon) -> dict[str, Any]:
         entry = cfg.to_yaml_mapping()
         if cfg.env is not None:  # names only: a value may be a password (PGPASSWORD)
             entry["env"] = [name for name, _ in cfg.env]
+        if cfg.headers is not None:  # names only: a value may be a token (Authorization)
+            entry["headers"] = [name for name, _ in cfg.headers]
         entry["interval_seconds"] = cfg.interval
         entry["timeout_seconds"] = cfg.timeout
         entry["restart_delay_seconds"] = cfg.restart_delay

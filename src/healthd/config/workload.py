@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from healthd import durations
-from healthd.checks import KINDS
+from healthd.checks import KINDS, http_options
 from healthd.config import policy_keys
 from healthd.errors import DurationError, Problem, WorkloadNameError
 
@@ -56,6 +56,19 @@ class WorkloadConfig:
     group: str | None = None
     env: tuple[tuple[str, str], ...] | None = None  # (NAME, value) pairs, in file order
     # -- http options (checks/http.py) --
+    scheme: str | None = None  # http (not set) or https
+    method: str | None = None  # GET when not set
+    headers: tuple[tuple[str, str], ...] | None = None  # (name, value) pairs, in file order
+    expected_status: tuple[tuple[int, int], ...] | None = None  # (low, high); 200-399 not set
+    body_contains: str | None = None
+    body_regex: re.Pattern[str] | None = None  # compiled when loaded
+    follow_redirects: bool | None = None
+    tls_skip_verify: bool | None = None
+    cert_expiry_warn: float | None = None
+    # TLS files, read by http (https) and grpc checks
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
 
     # -- tcp options (checks/tcp.py) --
     send: str | None = None  # written once connected
@@ -66,10 +79,6 @@ class WorkloadConfig:
     # -- grpc options (checks/grpc.py) --
     service: str | None = None  # grpc.health.v1 service name; "" or unset: the whole server
     tls: bool | None = None
-    # SHARED with http (its section defines the same three): keep one copy when merging
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
     # -- policy options (engine/policy.py) --
     success_threshold: int | None = None
     start_period: float | None = None
@@ -122,6 +131,14 @@ class WorkloadConfig:
         if self.env is not None:
             out["env"] = dict(self.env)
         # -- http options --
+        out |= http_options.to_yaml(self)
+        # TLS files, read by http (https) and grpc checks
+        if self.ca_file is not None:
+            out["ca_file"] = self.ca_file
+        if self.client_cert is not None:
+            out["client_cert"] = self.client_cert
+        if self.client_key is not None:
+            out["client_key"] = self.client_key
 
         # -- tcp options --
         if self.send is not None:
@@ -138,13 +155,6 @@ class WorkloadConfig:
             out["service"] = self.service
         if self.tls is not None:
             out["tls"] = self.tls
-        # SHARED with http (its section writes the same three): keep one copy when merging
-        if self.ca_file is not None:
-            out["ca_file"] = self.ca_file
-        if self.client_cert is not None:
-            out["client_cert"] = self.client_cert
-        if self.client_key is not None:
-            out["client_key"] = self.client_key
         # -- policy options --
         for key in ("success_threshold", "restart_backoff", "on_exhausted", "flap_threshold"):
             if getattr(self, key) is not None:
@@ -323,6 +333,19 @@ FIELDS: dict[str, Field] = {
     "group": Field(_as_str, _account),
     "env": Field(_as_env),
     # -- http options --
+    "scheme": Field(_as_str, http_options.check_scheme),
+    "method": Field(_as_str, http_options.check_method),
+    "headers": Field(http_options.as_headers),
+    "expected_status": Field(http_options.as_status),
+    "body_contains": Field(_as_text, http_options.check_needle),
+    "body_regex": Field(http_options.as_regex),
+    "follow_redirects": Field(_as_bool),
+    "tls_skip_verify": Field(_as_bool),
+    "cert_expiry_warn": Field(_as_duration, _positive),
+    # TLS files, read by http (https) and grpc checks
+    "ca_file": Field(_as_text, lambda v: None if v else "must not be empty"),
+    "client_cert": Field(_as_text, lambda v: None if v else "must not be empty"),
+    "client_key": Field(_as_text, lambda v: None if v else "must not be empty"),
     # -- tcp options --
     # NUL bytes allowed: they are only written to and looked for on a socket
     "send": Field(_as_str, lambda v: None if v else "must not be empty"),
@@ -333,10 +356,6 @@ FIELDS: dict[str, Field] = {
     # -- grpc options --
     "service": Field(_as_text),  # "" is the whole server, as in the protocol
     "tls": Field(_as_bool),
-    # SHARED with http (its section defines the same three): keep one copy when merging
-    "ca_file": Field(_as_text, lambda v: None if v else "must not be empty"),
-    "client_cert": Field(_as_text, lambda v: None if v else "must not be empty"),
-    "client_key": Field(_as_text, lambda v: None if v else "must not be empty"),
     # -- policy options --
     "success_threshold": Field(_as_int, policy_keys.at_least_one),
     "start_period": Field(_as_duration, policy_keys.not_negative),
@@ -355,14 +374,15 @@ REQUIRED = ("workload", "type")
 KIND_ONLY: dict[str, frozenset[str]] = {
     **dict.fromkeys(("command", "user", "group", "env"), frozenset({"exec"})),
     # -- http options --
+    **dict.fromkeys(http_options.KEYS, frozenset({"http"})),
+    # TLS files, read by http (https) and grpc checks
+    **dict.fromkeys(("ca_file", "client_cert", "client_key"), frozenset({"http", "grpc"})),
     # -- tcp options --
     **dict.fromkeys(("send", "expect"), frozenset({"tcp"})),
     # -- exec options --
     **dict.fromkeys(("expect_output", "expect_output_regex"), frozenset({"exec"})),
     # -- grpc options --
     **dict.fromkeys(("service", "tls"), frozenset({"grpc"})),
-    # Read by http too: this entry must keep both kinds whichever section comes last
-    **dict.fromkeys(("ca_file", "client_cert", "client_key"), frozenset({"http", "grpc"})),
     # -- end of options --
 }
 

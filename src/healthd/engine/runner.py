@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from healthd.actions import Actuator
 from healthd.checks import KINDS
 from healthd.config.workload import WorkloadConfig
+from healthd.engine import certs
 from healthd.engine.history import CheckHistory
 from healthd.engine.policy import WorkloadPolicy
 from healthd.errors import RestartError
@@ -241,6 +242,8 @@ class WorkloadRunner:
             self._fail_waiters("the daemon is stopping")
             self._set_idle()
             return
+        if result.cert_not_after is not None:  # https: the server certificate's expiry
+            certs.observe(self.cfg, status, result.cert_not_after, self.bus, self.clock)
         if not result.ok:
             found = self._address
             if found is not None and found.is_fallback:

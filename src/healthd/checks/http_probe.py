@@ -1,0 +1,313 @@
+"""HttpProbe: one HTTP/1.1 exchange per check on a raw asyncio protocol, the status deciding.
+
+The response is parsed with httptools on a plain asyncio protocol, with no client, pool or
+session objects. Headers are capped at 64 KiB and the body read at 10 KiB. The status decides
+(200-399): a body that is cut by a reset or stalls past the deadline after the headers came
+does not change it.
+
+Each workload keeps its HTTP/1.1 connection open between checks when the server allows it and
+the interval is short enough for the connection to be worth keeping: a check is then one write
+and one read, instead of a connect, an accept and a close on both ends. A kept connection that
+the server closed while we were sending (its idle timeout racing our request) is not a failure
+of the workload: the request is sent once more on a fresh connection, within the same deadline.
+Anything else that goes wrong closes the connection, so the next check starts afresh.
+
+This is the hot path, and it stays what it was: options that change how a response is judged
+(``expected_status``, body matchers, redirects, HEAD) are ``http_judge.py``'s, in a subclass
+only their workloads use; TLS is ``https.py``'s. A method or headers only change the request,
+which is encoded once per address (``http_options.RequestOptions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from healthd.checks.http_options import RequestOptions
+from healthd.checks.probe import Probe, connect_error, host_port
+
+if TYPE_CHECKING:
+    from healthd.config.workload import WorkloadConfig
+
+MAX_HEADER_BYTES = 64 * 1024
+HEADERS_TOO_LARGE = f"response headers larger than {MAX_HEADER_BYTES // 1024} KiB"
+MAX_BODY_BYTES = 10 * 1024
+ERROR_BODY_CHARS = 200
+# Connections of workloads checked less often than this are closed after each check: servers
+# drop idle connections after 5-75 s, so keeping them would mostly mean reconnecting anyway.
+KEEPALIVE_MAX_INTERVAL = 30.0
+
+
+def check_url(cfg: WorkloadConfig, address: str) -> str:
+    return f"{cfg.scheme or 'http'}://{host_port(address, cfg.port)}{cfg.target}"
+
+
+class HttpConnection(asyncio.Protocol):
+    """One TCP (or TLS) connection of a probe; forwards everything to it."""
+
+    __slots__ = (
+        "closed",
+        "probe",
+        "transport",
+    )
+
+    def __init__(self, probe: HttpProbe) -> None:
+        self.probe = probe
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.probe._on_data(self, data)
+
+    def eof_received(self) -> bool:
+        return False  # the server is done with us: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.probe._on_lost(self, exc)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+
+class HttpProbe(Probe):
+    __slots__ = (
+        "_body",
+        "_conn",
+        "_got_data",
+        "_header_bytes",
+        "_location",
+        "_now_request",
+        "_now_url",
+        "_opening",
+        "_opts",
+        "_origins",
+        "_parser",
+        "_raw_header_bytes",
+        "_redirects",
+        "_request",
+        "_request_for",
+        "_reused",
+        "_status",
+        "_url",
+        "keepalive",
+    )
+
+    def __init__(self, cfg: WorkloadConfig) -> None:
+        super().__init__(cfg)
+        self.keepalive = cfg.interval <= KEEPALIVE_MAX_INTERVAL
+        self._opts = RequestOptions.of(cfg)
+        self._conn: HttpConnection | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._request = b""
+        self._request_for: str | None = None
+        self._url = ""
+        # the exchange in flight: its request and URL are others after a redirect
+        self._now_request = b""
+        self._now_url = ""
+        self._parser: httptools.HttpResponseParser | None = None
+        self._status = 0
+        self._header_bytes = 0  # complete headers, counted by on_header
+        self._raw_header_bytes = 0  # bytes read before the headers completed
+        self._body = bytearray()
+        self._reused = False
+        self._got_data = False
+        # for follow_redirects (http_judge.py): slots live here, where the layout is
+        self._location: bytes | None = None
+        self._redirects = 0
+        self._origins: frozenset[tuple[str, str, int]] = frozenset()
+
+    def describe(self) -> str:
+        return f"{self._opts.method} {self._url}"
+
+    # -- Probe ----------------------------------------------------------------------------
+
+    def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._request_for != self.address:
+            self._prepare(self.address)
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            self._send(conn, reused=True)
+        else:
+            self._open(loop)
+
+    def _on_deadline(self) -> None:
+        if self._parser is not None and self._status:
+            # The status and headers came in time and the body did not finish: the status
+            # decides, as it does for a body past the read cap (and as the reference, which
+            # never reads the body, would say); what came of the body is the error's snippet.
+            self._complete(keep=False)
+            return
+        super()._on_deadline()
+
+    def _abort(self) -> None:
+        self._parser = None
+        self._drop_connection()
+        if self._opening is not None:
+            self._opening.cancel()
+            self._opening = None
+
+    def close(self) -> None:
+        super().close()
+        self._drop_connection()
+
+    # -- connection -----------------------------------------------------------------------
+
+    def _prepare(self, address: str) -> None:
+        self._drop_connection()  # the workload moved: never reuse a connection to the old one
+        authority = host_port(address, self.cfg.port)
+        self._url = check_url(self.cfg, address)
+        opts = self._opts
+        self._request = self._encode(opts.method, self.cfg.target, opts.host_header or authority)
+        self._request_for = address
+        self._now_request, self._now_url = self._request, self._url
+
+    def _encode(self, method: str, target: str, host: str) -> bytes:
+        connection = "" if self.keepalive else "Connection: close\r\n"
+        return (
+            f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"
+            f"{self._opts.extra_headers}{connection}\r\n"
+        ).encode("ascii")
+
+    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._drop_connection()
+        self._opening = loop.create_task(self._connect(loop))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            _, conn = await loop.create_connection(
+                lambda: HttpConnection(self), self.address, self.cfg.port
+            )
+        except (OSError, UnicodeError) as exc:
+            self._opening = None
+            self._fail(self._reason(exc))
+            return
+        self._connected(conn)
+
+    def _connected(self, conn: HttpConnection) -> None:
+        self._opening = None
+        if self._done is None:  # finished meanwhile (cannot normally happen: we are cancelled)
+            conn.close()
+            return
+        self._conn = conn
+        self._send(conn, reused=False)
+
+    def _reason(self, exc: Exception) -> str:
+        return connect_error(exc)
+
+    def _send(self, conn: HttpConnection, *, reused: bool) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._status = 0
+        self._header_bytes = 0
+        self._raw_header_bytes = 0
+        self._body.clear()
+        self._reused = reused
+        self._got_data = False
+        assert conn.transport is not None
+        conn.transport.write(self._now_request)
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _on_data(self, conn: HttpConnection, data: bytes) -> None:
+        parser = self._parser
+        if conn is not self._conn or parser is None:
+            conn.close()  # nothing was asked: a server talking out of turn is not reused
+            if conn is self._conn:
+                self._conn = None
+            return
+        self._got_data = True
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self._parser is parser:
+                self._fail(f"malformed HTTP response: {exc}", close=True)
+            return
+        if self._parser is parser and not self._status:
+            # No status yet, so everything read so far is header: this catches a header line
+            # that never ends, which on_header (called per complete header) cannot see.
+            self._raw_header_bytes += len(data)
+            if self._raw_header_bytes > MAX_HEADER_BYTES:
+                self._fail(HEADERS_TOO_LARGE, close=True)
+
+    def _on_lost(self, conn: HttpConnection, exc: Exception | None) -> None:
+        if conn is not self._conn:
+            return
+        self._conn = None
+        if self._parser is None:
+            return  # an idle connection the server closed: the next check opens another
+        if self._status:  # body delimited by the close
+            if exc is not None and self._opts.reads_body:
+                # a body cut by a reset cannot be judged: what came may lack the match
+                self._fail(f"connection lost while reading the body: {self._reason(exc)}")
+                return
+            self._complete(keep=False)
+        elif self._reused and not self._got_data:
+            self._parser = None
+            assert self._loop is not None
+            self._open(self._loop)
+        elif exc is not None:
+            self._fail(f"connection lost: {self._reason(exc)}")  # not "[Errno 104] ..."
+        else:
+            self._fail(self._closed_early())
+
+    def _closed_early(self) -> str:
+        return "connection closed before a response"
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._parser is None:
+            return
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._fail(HEADERS_TOO_LARGE, close=True)
+
+    def on_headers_complete(self) -> None:
+        if self._parser is not None:
+            self._status = self._parser.get_status_code()
+
+    def on_body(self, chunk: bytes) -> None:
+        if self._parser is None:
+            return
+        room = MAX_BODY_BYTES - len(self._body)
+        self._body += chunk[:room]
+        if len(chunk) >= room:
+            self._complete(keep=False)  # enough: what decides is in hand; the rest unread
+
+    def on_message_complete(self) -> None:
+        parser = self._parser
+        if parser is not None:
+            self._complete(keep=self.keepalive and parser.should_keep_alive())
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def _complete(self, *, keep: bool) -> None:
+        self._parser = None
+        if not keep:
+            self._drop_connection()
+        status = self._status
+        if 200 <= status < 400:
+            self._finish(True)
+            return
+        self._finish(False, f"HTTP {status} from {self._now_url}{self._snippet()}")
+
+    def _snippet(self) -> str:
+        """ ": the start of the body" for an error, or nothing for an empty body."""
+        text = " ".join(self._body.decode("utf-8", "replace").split())
+        return f": {text[:ERROR_BODY_CHARS]}" if text else ""
+
+    def _fail(self, reason: str, *, close: bool = False) -> None:
+        self._parser = None
+        if close:
+            self._drop_connection()
+        self._finish(False, f"HTTP check failed: {self._now_url}: {reason}")
