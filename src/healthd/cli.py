@@ -116,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pass this variable of the daemon's environment to exec checks (repeatable; "
         "added to security.pass_environment)",
     )
+    run.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not reload by itself when the config dir changes; only on SIGHUP or "
+        "healthd reload (reload.watch: false)",
+    )
 
     validate = sub.add_parser("validate", help="check every workload file; exit 1 on problems")
     config_dir(validate)
@@ -284,6 +290,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         unit_template=args.unit_template,
         restart_timeout=args.restart_timeout,
         strict_modes=security.strict_modes and not args.no_strict_modes,
+        watch_config=daemon_file.reload.watch and not args.no_watch,
+        watch_quiet=daemon_file.reload.debounce,
     )
     api = daemon_file.api
     if args.listen is not None:
@@ -311,11 +319,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from healthd.engine.daemon import Daemon  # noqa: PLC0415
     from healthd.events import EventBus, LogSink  # noqa: PLC0415
     from healthd.sinks.notifier import build_notifier  # noqa: PLC0415
+    from healthd.systemd import SystemdNotifier  # noqa: PLC0415
 
     async def serve() -> None:
         notifier = build_notifier(daemon_file, settings.status_dir, log)
         bus = EventBus(log, [LogSink(log), notifier], journal=notifier.journal)
-        daemon = Daemon(settings, bus=bus, log=log, notifier=notifier)
+        daemon = Daemon(
+            settings,
+            bus=bus,
+            log=log,
+            notifier=notifier,
+            systemd=SystemdNotifier.from_environment(log),
+        )
         service = ApiService(daemon, api, log)
         await service.start()  # a bad API setting stops the start, before any check runs
         try:

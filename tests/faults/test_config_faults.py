@@ -170,7 +170,7 @@ def test_missing_config_dir_is_reported_and_a_reload_picks_it_up(
     daemon: DaemonProc, services: Services
 ) -> None:
     daemon.config_dir.rmdir()
-    daemon.start()
+    daemon.start("--no-watch")  # the SIGHUP reloads; watching it: test_reload_watch.py
     client = connect(daemon)
     message = f"{daemon.config_dir}: config directory does not exist"
     assert problems_logged(daemon) == [message]
@@ -243,7 +243,7 @@ def test_unreadable_config_dir_and_file(
     (config_dir / "secret.yaml").chmod(0o000)
     config_dir.chmod(0o000)
     try:
-        daemon.start()
+        daemon.start("--no-watch")  # one reload, the SIGHUP's: its config_error lines counted
         client = connect(daemon)
         message = f"{config_dir}: cannot list: Permission denied"
         assert problems_logged(daemon) == [message]

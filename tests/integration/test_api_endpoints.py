@@ -42,11 +42,17 @@ GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def start_with_token(daemon: DaemonProc) -> ApiClient:
-    """Start the daemon with an API token in its config; a client that sends the token."""
+def start_with_token(daemon: DaemonProc, *extra: str) -> ApiClient:
+    """Start the daemon with an API token in its config; a client that sends the token.
+    ``extra``: more arguments of ``healthd run``."""
     token = with_token(daemon)
-    daemon.start()
+    daemon.start(*extra)
     return connect(daemon, token)
+
+
+# The tests of POST /-/reload and SIGHUP assert what each reload reports: the config dir's
+# watcher must not reload first (it is tested in test_reload_watch.py).
+NO_WATCH = "--no-watch"
 
 
 def write_text(daemon: DaemonProc, name: str, text: str) -> Path:
@@ -295,7 +301,7 @@ def test_reload_reports_a_config_error_workload_whose_file_is_gone_as_removed(
     connect(daemon).wait_status("db", lambda s: s["total_checks"] == 1)
     assert daemon.terminate() == 0
     write_text(daemon, "db", "workload: db\ntype: tcp\nport: 1\nbogus: 1\n")
-    client = start_with_token(daemon)
+    client = start_with_token(daemon, NO_WATCH)
     assert client.get("/v1/status/db")["state"] == "config_error"
     (daemon.config_dir / "db.yaml").unlink()
     report = client.post("/-/reload")
@@ -590,7 +596,7 @@ def test_reload_adds_changes_keeps_broken_and_removes(
     svc_a, svc_b, svc_c = (services.start("tcp") for _ in range(3))
     write(daemon, "a", "tcp", host="127.0.0.1", port=svc_a.port)
     write(daemon, "b", "tcp", host="127.0.0.1", port=svc_b.port)
-    client = start_with_token(daemon)
+    client = start_with_token(daemon, NO_WATCH)
     for name in ("a", "b"):
         client.wait_status(name, lambda s: s["state"] == "healthy")
 
@@ -682,7 +688,7 @@ def test_pause_survives_a_reload_that_changes_the_workload(
 ) -> None:
     svc = services.start("tcp")
     write(daemon, "db", "tcp", host="127.0.0.1", port=svc.port)
-    client = start_with_token(daemon)
+    client = start_with_token(daemon, NO_WATCH)
     client.wait_status("db", lambda s: s["state"] == "healthy")
     client.post("/v1/workloads/db/pause", {"reason": "maintenance"})
     write(daemon, "db", "tcp", host="127.0.0.1", port=svc.port, interval=0.3)
@@ -701,7 +707,7 @@ def test_pause_survives_a_reload_that_changes_the_workload(
 def test_reload_disables_and_enables_a_workload(daemon: DaemonProc, services: Services) -> None:
     svc = services.start("tcp")
     write(daemon, "db", "tcp", host="127.0.0.1", port=svc.port)
-    client = start_with_token(daemon)
+    client = start_with_token(daemon, NO_WATCH)
     client.wait_status("db", lambda s: s["state"] == "healthy")
 
     write(daemon, "db", "tcp", host="127.0.0.1", port=svc.port, enabled=False)
@@ -726,7 +732,7 @@ def test_reload_disables_and_enables_a_workload(daemon: DaemonProc, services: Se
 def test_sighup_reloads_the_config_dir(daemon: DaemonProc, services: Services) -> None:
     svc = services.start("tcp")
     write(daemon, "a", "tcp", host="127.0.0.1", port=svc.port)
-    daemon.start()
+    daemon.start(NO_WATCH)
     client = connect(daemon)
     client.wait_status("a", lambda s: s["state"] == "healthy")
     write(daemon, "late", "tcp", host="127.0.0.1", port=svc.port)

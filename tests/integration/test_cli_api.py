@@ -407,7 +407,7 @@ def test_reload_reports_what_changed_and_config_errors(
     svc = services.start("tcp")
     write(daemon, "web", "tcp", host="127.0.0.1", port=svc.port, interval=3600)
     with_token(daemon)
-    daemon.start()
+    daemon.start("--no-watch")  # each reload here is the CLI's, not the watcher's
     client = connect(daemon)
     client.wait_status("web", lambda s: s["state"] == "healthy")
 

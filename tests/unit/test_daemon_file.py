@@ -12,6 +12,7 @@ from healthd.config.daemon_file import (
     ApiSettings,
     DaemonFile,
     ListenAddress,
+    ReloadSettings,
     load_daemon_file,
     parse_daemon_file,
     parse_listen,
@@ -138,7 +139,7 @@ def test_empty_socket_and_token_file_mean_not_set() -> None:
 
 def test_unknown_top_level_key() -> None:
     assert problems("api: {}\nlisten: 127.0.0.1:1\n") == [
-        f"{PATH}:2: listen: unknown key (known: api, events, sinks, security)"
+        f"{PATH}:2: listen: unknown key (known: api, events, sinks, security, reload)"
     ]
 
 
@@ -195,7 +196,7 @@ def test_every_problem_is_reported_at_once() -> None:
             f"{PATH}:2: api.listen: 'nohostport': expected HOST:PORT, e.g. 127.0.0.1:9780",
             f"{PATH}:3: api.socket: 'rel': use an absolute path",
             f"{PATH}:4: api.bogus: unknown key (known: listen, socket, token_file)",
-            f"{PATH}:5: extra: unknown key (known: api, events, sinks, security)",
+            f"{PATH}:5: extra: unknown key (known: api, events, sinks, security, reload)",
         ]
     )
 
@@ -255,3 +256,32 @@ def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_daemon_file(path, required=False)
     assert str(caught.value).startswith(f"{path}: cannot read: ")
+
+
+# -- reload (config dir watching) --------------------------------------------------------------
+
+
+def test_reload_defaults_to_watching_with_a_250ms_debounce() -> None:
+    assert parse_daemon_file("", PATH).reload == ReloadSettings(watch=True, debounce=0.25)
+    assert parse_daemon_file("reload:\n", PATH).reload == ReloadSettings()
+
+
+def test_reload_settings_are_read() -> None:
+    parsed = parse_daemon_file("reload:\n  watch: false\n  debounce: 1s\n", PATH)
+    assert parsed.reload == ReloadSettings(watch=False, debounce=1.0)
+
+
+def test_bad_reload_settings_name_their_line_and_the_fix() -> None:
+    found = problems("reload:\n  watch: no\n  debounce: 10ms\n  poll: 1s\n")
+    assert found == [
+        f"{PATH}:2: reload.watch: expected true or false, got 'no'",
+        f"{PATH}:3: reload.debounce: '10ms': must be from 50ms to 1m",
+        f"{PATH}:4: reload.poll: unknown key (known: watch, debounce)",
+    ]
+    assert problems("reload:\n  debounce: 2m\n") == [
+        f"{PATH}:2: reload.debounce: '2m': must be from 50ms to 1m"
+    ]
+    assert problems("reload:\n  debounce: 250\n") == [
+        f"{PATH}:2: reload.debounce: invalid duration '250': missing unit (did you mean "
+        "'250s'? units: ns, us, ms, s, m, h)"
+    ]

@@ -34,3 +34,5 @@ class DaemonSettings:
     exec_in_flight: int = 64  # exec checks running at once; more wait their turn (lag)
     lag_warning: float = 1.0  # warn when the p99 of how late checks start exceeds this
     strict_modes: bool = True  # as root, refuse commands from files others could change
+    watch_config: bool = True  # reload by itself when the config dir changes
+    watch_quiet: float = 0.25  # a burst of changes ends after this long without one

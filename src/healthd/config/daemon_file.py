@@ -12,6 +12,9 @@ file named on the command line must exist.
     security:
       strict_modes: true           # as root: no commands from files others could change
       pass_environment: [TZ]       # the daemon's variables that exec checks get too
+    reload:
+      watch: true                  # reload by itself when the config dir changes
+      debounce: 250ms              # ... once a burst of changes has been quiet this long
 """
 
 from __future__ import annotations
@@ -100,6 +103,14 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True)
+class ReloadSettings:
+    """Config dir watching (``engine/watch.py``); ``healthd run --no-watch`` turns it off."""
+
+    watch: bool = True
+    debounce: float = 0.25
+
+
+@dataclass(frozen=True)
 class DaemonFile:
     """What the daemon config file says (defaults where it says nothing)."""
 
@@ -108,6 +119,7 @@ class DaemonFile:
     events: EventsSettings = field(default_factory=EventsSettings)
     sinks: tuple[SinkSettings, ...] = ()
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    reload: ReloadSettings = field(default_factory=ReloadSettings)
 
 
 def _listen(node: yaml.Node) -> ListenAddress | None:
@@ -142,6 +154,19 @@ def _names(node: yaml.Node) -> tuple[str, ...]:
 _SECURITY_KEYS: dict[str, nodes.Converter] = {
     "strict_modes": _flag,
     "pass_environment": _names,
+}
+
+
+def _debounce(node: yaml.Node) -> float:
+    value = nodes.duration(node)
+    if not 0.05 <= value <= 60:
+        raise nodes.Invalid(f"{nodes.string(node)!r}: must be from 50ms to 1m")
+    return value
+
+
+_RELOAD_KEYS: dict[str, nodes.Converter] = {
+    "watch": _flag,
+    "debounce": _debounce,
 }
 _EVENTS_KEYS: dict[str, nodes.Converter] = {
     "max_age": nodes.duration,
@@ -187,6 +212,7 @@ def parse_daemon_file(text: str, path: Path) -> DaemonFile:
     events: dict[str, Any] = {}
     sinks: list[SinkSettings] = []
     security: dict[str, Any] = {}
+    reload: dict[str, Any] = {}
     for key, value, line in nodes.items(root, file, "", problems):
         if key == "api":
             api = nodes.section(value, file, "api", _API_KEYS, problems)
@@ -196,9 +222,13 @@ def parse_daemon_file(text: str, path: Path) -> DaemonFile:
             sinks = parse_sinks(value, file, problems)
         elif key == "security":
             security = nodes.section(value, file, "security", _SECURITY_KEYS, problems)
+        elif key == "reload":
+            reload = nodes.section(value, file, "reload", _RELOAD_KEYS, problems)
         else:
             problems.append(
-                Problem(file, line, key, "unknown key (known: api, events, sinks, security)")
+                Problem(
+                    file, line, key, "unknown key (known: api, events, sinks, security, reload)"
+                )
             )
     if problems:
         raise ConfigError(problems)
@@ -208,4 +238,5 @@ def parse_daemon_file(text: str, path: Path) -> DaemonFile:
         events=EventsSettings(**events),
         sinks=tuple(sinks),
         security=SecuritySettings(**security),
+        reload=ReloadSettings(**reload),
     )

@@ -6,6 +6,11 @@ saved one last time.
 
 Operations for the API and CLI: pause and resume (maintenance), check now (``operations.py``),
 reload (SIGHUP too; ``workloads.py``, which loads the config dir). Saving is ``persist.py``'s.
+Changes in the config dir are reloaded by themselves (``watch.py``) unless watching is off.
+
+Under systemd (``Type=notify``, ``systemd.py``): READY=1 once every workload is scheduled (the
+API listens by then), RELOADING=1 and READY=1 around each reload, STOPPING=1 at stop, and
+watchdog pets from the scheduler's timer wheel.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import gc
 import os
 import resource
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -30,6 +35,7 @@ from healthd.engine.persist import DAEMON_FILENAME, StatusWriter
 from healthd.engine.reload import ReloadReport
 from healthd.engine.runner import WorkloadRunner
 from healthd.engine.scheduler import Scheduler, Uniform
+from healthd.engine.watch import ConfigWatcher, shown
 from healthd.engine.workloads import Workloads
 from healthd.events import EventBus
 from healthd.logs import Logger
@@ -37,6 +43,7 @@ from healthd.model import CheckResult, Clock, Event, EventType, SystemClock, Wor
 from healthd.resolve import MachinectlResolver, Resolver
 from healthd.store.atomic import remove_stale_temps
 from healthd.store.status import StatusStore, format_time
+from healthd.systemd import SystemdNotifier
 
 if TYPE_CHECKING:
     from healthd.sinks.notifier import Notifier
@@ -54,9 +61,11 @@ class Daemon:
         actuator: Actuator | None = None,
         rng: Uniform | None = None,
         notifier: Notifier | None = None,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         self.settings = settings
         self.notifier = notifier
+        self.systemd = systemd
         self.bus = bus
         self.log = log
         self.clock = clock or SystemClock()
@@ -101,6 +110,7 @@ class Daemon:
         )
         self._background: set[asyncio.Task[object]] = set()
         self.api_endpoints: dict[str, str] = {}  # where the API listens, for the CLI
+        self.watcher: ConfigWatcher | None = None
 
     @property
     def runners(self) -> dict[str, WorkloadRunner]:
@@ -157,7 +167,7 @@ class Daemon:
         if not self.started.is_set() or self._stop.is_set():
             return
         self.log.info("signal", signal="SIGHUP", action="reload")
-        task = asyncio.get_running_loop().create_task(self.reload())
+        task = asyncio.get_running_loop().create_task(self.reload(trigger="SIGHUP"))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -174,6 +184,15 @@ class Daemon:
         raise_open_file_limit()
         if self.notifier is not None:
             self.notifier.open()
+        if self.settings.watch_config:
+            # Armed before the load: a change made while the dir loads is seen, not missed.
+            self.watcher = ConfigWatcher(
+                self.settings.config_dir,
+                self._files_changed,
+                self.log,
+                quiet=self.settings.watch_quiet,
+            )
+            self.watcher.arm()
         self.load()
         # What load built lives as long as the daemon: keep the collector from walking it again
         # and again (at thousands of workloads a full collection takes milliseconds).
@@ -198,10 +217,20 @@ class Daemon:
         if self.notifier is not None:
             await self.notifier.start(lambda: self.statuses)
         self.started.set()
+        if self.watcher is not None:
+            self.watcher.start()
+        if self.systemd is not None:
+            self.systemd.ready(self.status_line())
+            if self.systemd.watchdog is not None:
+                self.scheduler.start_watchdog(self.systemd.watchdog, self.systemd.pet)
         try:
             await self._stop.wait()
+            if self.systemd is not None:
+                self.systemd.stopping()
             self.log.info("daemon_stopping", in_flight=self.scheduler.busy)
             self._daemon_event(EventType.DAEMON_STOPPING, "healthd is stopping")
+            if self.watcher is not None:
+                self.watcher.stop()  # no reload starts while stopping
             await self._drain()
         finally:
             self.scheduler.stop()
@@ -213,6 +242,10 @@ class Daemon:
             self.writer.save_sync()
             if self.notifier is not None:
                 await self.notifier.stop()  # every event published is committed by now
+            if self.watcher is not None:
+                await self.watcher.close()  # its thread has had the time above to return
+            if self.systemd is not None:
+                self.systemd.close()
             self.log.info("daemon_stopped")
 
     def _remove_stale_temps(self) -> None:
@@ -240,9 +273,36 @@ class Daemon:
     async def check_now(self, name: str) -> CheckResult:
         return await self.operations.check_now(name)
 
-    async def reload(self) -> ReloadReport:
-        """Re-read the config dir (see ``Workloads.reload``)."""
-        return await self.workloads.reload()
+    async def reload(self, *, trigger: str = "", files: Sequence[str] = ()) -> ReloadReport:
+        """Re-read the config dir (see ``Workloads.reload``). ``trigger`` and ``files`` (what
+        the watcher saw change) go into the config_reloaded log line."""
+        context = {"trigger": trigger} if trigger else {}
+        if files:
+            context["files"] = shown(list(files))
+        systemd = None if self.stopping else self.systemd  # nothing but STOPPING=1 by then
+        if systemd is not None:
+            systemd.reloading()
+        try:
+            return await self.workloads.reload(**context)
+        finally:
+            if systemd is not None and not self.stopping:
+                systemd.ready(self.status_line())
+
+    async def _files_changed(self, files: list[str]) -> None:
+        if not self.stopping:
+            await self.reload(trigger="watch", files=files)
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: what is monitored, what is not."""
+        parts = [f"monitoring {len(self.runners)} workloads"]
+        disabled = sum(not c.enabled for c in self.configs.values())
+        if disabled:
+            parts.append(f"{disabled} disabled")
+        if self.loaded.problems:
+            parts.append(f"{len(self.loaded.problems)} config errors")
+        if self.watcher is not None:
+            parts.append(f"watching {self.settings.config_dir}")
+        return ", ".join(parts)
 
     def _daemon_event(self, kind: EventType, message: str) -> None:
         self.bus.publish(Event(kind, "", self.clock.now(), message, details={"pid": os.getpid()}))

@@ -224,6 +224,21 @@ class Scheduler:
     def checks_total(self) -> int:
         return self.lag.count
 
+    # -- watchdog -------------------------------------------------------------------------
+
+    def start_watchdog(self, interval: float, pet: Callable[[], None]) -> None:
+        """Call ``pet`` now and every ``interval`` seconds, from the timer wheel that starts
+        the checks: a thread would go on petting while the loop is blocked, and a loop timer
+        of its own while the wheel no longer fires. Either way monitoring has stopped, and
+        the pets must stop with it so that systemd restarts the daemon."""
+        loop = asyncio.get_running_loop()
+
+        def beat() -> None:
+            pet()
+            self.wheel.call_at(loop.time() + interval, beat)
+
+        beat()
+
     # -- stopping -------------------------------------------------------------------------
 
     def stop(self) -> None:

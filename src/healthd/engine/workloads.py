@@ -178,9 +178,10 @@ class Workloads:
     def _dir_unreadable(self, loaded: LoadResult) -> bool:
         return any(Path(p.file) == self.settings.config_dir for p in loaded.problems)
 
-    async def reload(self) -> ReloadReport:
+    async def reload(self, **context: str) -> ReloadReport:
         """Re-read the config dir. All or nothing per workload: a file that does not load now
-        leaves its workload running on the config it had, and is reported."""
+        leaves its workload running on the config it had, and is reported. ``context`` (what
+        caused it) leads the log line."""
         async with self._reload_lock:
             loaded = await asyncio.to_thread(
                 load_dir, self.settings.config_dir, strict_modes=self.settings.strict_modes
@@ -188,6 +189,7 @@ class Workloads:
             report = self._apply(loaded)
         self.log.info(
             "config_reloaded",
+            **context,
             added=len(report.added),
             removed=len(report.removed),
             changed=len(report.changed),
