@@ -9,7 +9,7 @@ import time
 from healthd.config import editor
 from healthd.config.workload import WorkloadConfig
 
-from .harness import DaemonProc
+from .harness import DaemonProc, wait_for
 
 ROUNDS = 10
 
@@ -37,11 +37,16 @@ def test_sigkill_at_random_moments_never_corrupts_statuses(daemon: DaemonProc) -
     for round_ in range(ROUNDS):
         since = len(daemon.log())
         daemon.start()
-        # The first rounds die before or while the daemon starts; the later ones after it ran.
-        pause = rng.uniform(0.2, 1.5) if round_ < ROUNDS // 2 else rng.uniform(0.8, 1.5)
+        # The first rounds die before or while the daemon starts; the later ones after it has
+        # saved at least once (waited for, not guessed: a loaded host starts it slowly).
+        if round_ < ROUNDS // 2:
+            pause = rng.uniform(0.2, 1.5)
+        else:
+            wait_for("statuses.json", path.exists, timeout=30, detail=daemon.log)
+            pause = rng.uniform(0.0, 0.7)
         time.sleep(pause)
         daemon.kill()
-        where = f"round {round_} (seed {seed}, killed after {pause:.2f}s)"
+        where = f"round {round_} (seed {seed}, killed {pause:.2f}s after start or first save)"
         if not path.exists():
             assert round_ < ROUNDS // 2, f"{where}: no statuses.json yet"
             continue
