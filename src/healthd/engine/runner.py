@@ -124,6 +124,10 @@ class WorkloadRunner:
         self.retired = True
         self.stop()
         self._fail_waiters("the workload was reloaded")
+        if not self.busy:
+            # A kept connection (http keep-alive, a grpc channel) would otherwise stay open
+            # until the server drops it, one more per reload that changes the workload.
+            self.probe.close()
 
     def check_now(self) -> asyncio.Future[CheckResult]:
         """The result of a check that begins after this call: the next one, started at once
@@ -233,6 +237,7 @@ class WorkloadRunner:
             self.gate.leave()
         if self.retired:
             self._set_idle()
+            self.probe.close()
             return
         status = self.policy.status
         before = (status.state, status.restart_count)
@@ -287,6 +292,8 @@ class WorkloadRunner:
             )
         self.on_change(self.cfg.workload, True)
         self._set_idle()
+        if self.retired:
+            self.probe.close()
         self._schedule_next()
 
     # -- address ----------------------------------------------------------------------------
