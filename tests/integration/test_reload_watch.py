@@ -186,11 +186,26 @@ def test_an_invalid_change_keeps_the_old_config_and_emits_config_error(
     assert (status["state"], status["monitored"]) == ("healthy", True)
     assert [e["file"] for e in client.get("/v1/workloads")["config_errors"]] == [str(path)]
 
+    # An unrelated edit reloads too: the problem is logged again, but not published again
+    # (a broken file must not page someone at every edit of another one).
+    since = len(daemon.log())
+    replace_text(daemon.config_dir / "other.yaml", tcp_file("other", svc.port))
+    fields = wait_reload(daemon, since, files="other.yaml")
+    assert (fields["added"], fields["config_errors"]) == ("1", "1")
+    wait_for("other's first check", lambda: client.get("/v1/status/other")["total_checks"])
+    assert len(error_event() or []) == 1, config_error_events(client)
+
     since = len(daemon.log())
     replace_text(path, tcp_file("db", svc.port, interval="300ms"))  # fixed, and changed
     fields = wait_reload(daemon, since, files="db.yaml")
     assert (fields["changed"], fields["config_errors"]) == ("1", "0")
     assert client.get("/v1/workloads")["config_errors"] == []
+
+    # broken again after being fixed: a new episode, announced again
+    since = len(daemon.log())
+    replace_text(path, tcp_file("db", svc.port, colour="red"))
+    wait_reload(daemon, since, files="db.yaml", config_errors="1")
+    wait_for("the second config_error event", lambda: len(error_event() or []) == 2)
     no_sighup(daemon)
 
 

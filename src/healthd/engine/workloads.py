@@ -62,6 +62,7 @@ class Workloads:
         self.loaded = LoadResult()
         self._reload_lock = asyncio.Lock()
         self._cyclic: dict[str, frozenset[str]] = {}  # depends_on edges that close a cycle
+        self._announced_problems: set[str] = set()  # config_error events already published
 
     @property
     def runners(self) -> dict[str, WorkloadRunner]:
@@ -201,8 +202,16 @@ class Workloads:
         return report
 
     def _report_problems(self, problems: list[Problem]) -> None:
+        """Log every problem at every load; publish a ``config_error`` event only for a problem
+        not announced already: with the config dir watched, every unrelated edit reloads, and
+        a file left broken must not page someone again each time. A problem that is fixed and
+        comes back is announced again."""
+        current = {str(problem) for problem in problems}
+        announced, self._announced_problems = self._announced_problems, current
         for problem in problems:
             self.log.error("config_error", problem=str(problem))
+            if str(problem) in announced:
+                continue
             workload = Path(problem.file).name.rsplit(".", 1)[0]
             self.bus.publish(
                 Event(
