@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from healthd.checks import run_check
-from healthd.checks.tcp import READ_CAP, TcpProbe
+from healthd.checks.tcp import TcpProbe
+from healthd.checks.tcp_talk import READ_CAP
 from healthd.config.loader import parse_text
 from healthd.config.workload import WorkloadConfig
 from healthd.model import CheckResult

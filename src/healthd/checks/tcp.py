@@ -4,12 +4,9 @@ An IP literal is connected with a bare non-blocking socket watched by the event 
 transport or protocol objects: the connection is closed as soon as it is made). A host name
 goes through the loop's resolver first, and each address it gives is tried in turn.
 
-With ``send`` and/or ``expect`` the check also talks: once connected it writes ``send`` (if
-set), then reads until ``expect`` appears in what the peer sent (healthy), or the peer closes,
-or ``READ_CAP`` bytes came without it, or the deadline passes (unhealthy, with what came). A
-server whose kernel still completes handshakes from the listen backlog while the process is
-wedged passes a plain connect; it fails this. Text is sent and matched as UTF-8. A plain
-connect check only ever tests one attribute more than before (``_talk``).
+With ``send`` and/or ``expect`` the check also talks once connected: that conversation is
+``tcp_talk.py``'s. A plain connect check has no conversation and only ever tests one
+attribute for it (``_talk is not None``).
 """
 
 from __future__ import annotations
@@ -17,38 +14,27 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import re
 import socket
 from _socket import socket as bare_socket  # no Python-level wrapper: made once a check
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from healthd.checks import tcp_talk
 from healthd.checks.probe import Probe, connect_error, host_port, numeric_family
+from healthd.checks.tcp_talk import Conversation
 
 if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
 
-READ_CAP = 4096  # bytes read looking for ``expect``: a banner or a reply line, not a stream
-SHOWN_CHARS = 100  # of what the peer sent, in an error
-# What a YAML plain or single-quoted value keeps as two characters, where a double-quoted one
-# would have made a control character: almost certainly meant as the latter.
-_LITERAL_ESCAPE = re.compile(r"\\[rnt0]")
-
 
 class TcpProbe(Probe):
     __slots__ = (
-        "_expect",
         "_family",
-        "_reading",
-        "_received",
         "_resolving",
-        "_send",
         "_sock",
         "_sockaddr",
         "_sockaddr_for",
         "_talk",
-        "_unsent",
-        "_writing",
     )
 
     def __init__(self, cfg: WorkloadConfig) -> None:
@@ -58,14 +44,10 @@ class TcpProbe(Probe):
         self._family: socket.AddressFamily | None = None
         self._sockaddr: tuple[str, int] = ("", 0)
         self._resolving: asyncio.Task[None] | None = None
-        # send/expect: a conversation after the connect; False keeps the plain check as it was
-        self._send = cfg.send.encode() if cfg.send else b""
-        self._expect = cfg.expect.encode() if cfg.expect else b""
-        self._talk = bool(self._send or self._expect)
-        self._received = bytearray()
-        self._unsent = memoryview(b"")
-        self._writing = False  # watching for room to send
-        self._reading = False  # watching for the answer
+        # send/expect: a conversation after the connect; None keeps the plain check as it was
+        self._talk: Conversation | None = None
+        if cfg.send or cfg.expect:
+            self._talk = Conversation(cfg.send, cfg.expect, self._talked)
 
     def describe(self) -> str:
         return TcpCheck.describe(self.cfg, self.address)
@@ -98,9 +80,9 @@ class TcpProbe(Probe):
                 self._sock = sock
                 loop.add_writer(sock.fileno(), self._on_writable)
                 return 0
-        if self._talk and err in (0, errno.EISCONN):
+        if self._talk is not None and err in (0, errno.EISCONN):
             self._sock = sock
-            self._converse()
+            self._talk.begin(sock, loop)
             return 0
         sock.close()
         if err in (0, errno.EISCONN):
@@ -113,10 +95,12 @@ class TcpProbe(Probe):
         if sock is None:
             return
         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if self._talk and not err:
-            if self._loop is not None:
-                self._loop.remove_writer(sock.fileno())
-            self._converse()
+        talk = self._talk
+        if talk is not None and not err:
+            loop = self._loop
+            assert loop is not None  # set by start()
+            loop.remove_writer(sock.fileno())
+            talk.begin(sock, loop)
             return
         self._release()
         if err:
@@ -153,8 +137,8 @@ class TcpProbe(Probe):
                 loop.remove_writer(sock.fileno())
             if err == 0:
                 self._resolving = None
-                if self._talk:
-                    self._converse()
+                if self._talk is not None:
+                    self._talk.begin(sock, loop)
                     return
                 self._release()
                 self._finish(True)
@@ -164,93 +148,22 @@ class TcpProbe(Probe):
         self._resolving = None
         self._fail(last)
 
-    # -- send / expect ----------------------------------------------------------------------
+    # -- send / expect (tcp_talk.py) --------------------------------------------------------
 
-    def _converse(self) -> None:
-        """Connected (``self._sock``): send, then read until ``expect``."""
-        self._received.clear()
-        if self._send:
-            self._unsent = memoryview(self._send)
-            self._write()
-        else:
-            self._await_answer()
-
-    def _write(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            sent = sock.send(self._unsent, socket.MSG_NOSIGNAL)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._release()
-            self._finish(False, f"{self._failure_prefix()}sending failed: {connect_error(exc)}")
-            return
-        self._unsent = self._unsent[sent:]
-        loop = self._loop
-        assert loop is not None
-        if self._unsent:  # the peer is not reading (or a big send): wait for room
-            if not self._writing:
-                self._writing = True
-                loop.add_writer(sock.fileno(), self._write)
-            return
-        if self._writing:
-            self._writing = False
-            loop.remove_writer(sock.fileno())
-        if self._expect:
-            self._await_answer()
-        else:  # refused by validation; written so that it could not hang either way
-            self._release()
-            self._finish(True)
-
-    def _await_answer(self) -> None:
-        sock = self._sock
-        assert sock is not None
-        assert self._loop is not None
-        self._reading = True
-        self._loop.add_reader(sock.fileno(), self._on_readable)
-
-    def _on_readable(self) -> None:
-        sock = self._sock
-        if sock is None:
-            return
-        received = self._received
-        try:
-            data = sock.recv(READ_CAP - len(received))
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._mismatch(connect_error(exc))
-            return
-        if not data:
-            self._mismatch("connection closed")
-            return
-        # look only where the new bytes can complete a match
-        start = max(0, len(received) - len(self._expect) + 1)
-        received += data
-        if received.find(self._expect, start) >= 0:
-            self._release()
-            self._finish(True)
-        elif len(received) >= READ_CAP:
-            self._mismatch(f"no match in the first {READ_CAP} bytes")
-
-    def _mismatch(self, why: str) -> None:
+    def _talked(self, why: str | None) -> None:
+        """The conversation ended: healthy when ``why`` is None."""
         self._release()
-        self._finish(False, f"{self._failure_prefix()}{self._expected_got()} ({why})")
-
-    def _expected_got(self) -> str:
-        got = shown(bytes(self._received)) if self._received else "nothing"
-        return f"expected {self.cfg.expect!r}, got {got}"
+        if why is None:
+            self._finish(True)
+        else:
+            self._finish(False, f"{self._failure_prefix()}{why}")
 
     def _on_deadline(self) -> None:
-        if not (self._reading or self._writing):  # still connecting
+        talk = self._talk
+        if talk is None or not (talk.reading or talk.writing):  # still connecting
             super()._on_deadline()
             return
-        if self._writing:
-            what = f"sending: {len(self._unsent)} of {len(self._send)} bytes not taken by the peer"
-        else:
-            what = self._expected_got()
+        what = talk.progress()
         self._abort()
         self._finish(False, f"timed out after {self._timeout_text}: {self.describe()}: {what}")
 
@@ -269,9 +182,8 @@ class TcpProbe(Probe):
             loop = self._loop
             if loop is not None:
                 loop.remove_writer(sock.fileno())
-                if self._reading:
-                    loop.remove_reader(sock.fileno())
-            self._reading = self._writing = False
+            if self._talk is not None:
+                self._talk.stop()
             sock.close()
 
     def _abort(self) -> None:
@@ -286,14 +198,6 @@ def _settle(waiter: asyncio.Future[int], sock: bare_socket) -> None:
         waiter.set_result(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
 
-def shown(data: bytes) -> str:
-    """What a peer sent, for an error: quoted, control characters escaped, cut short."""
-    text = data.decode("utf-8", "replace")
-    if len(text) > SHOWN_CHARS:
-        return f"{text[:SHOWN_CHARS]!r}..."
-    return repr(text)
-
-
 class TcpCheck:
     name = "tcp"
     needs_address = True
@@ -305,23 +209,7 @@ class TcpCheck:
         if not cfg.port:
             hint = " (target is not used by tcp checks)" if cfg.target else ""
             yield "port", f"required for tcp checks{hint}"
-        if cfg.send is not None and cfg.expect is None:
-            yield (
-                "send",
-                "set expect as well: what the answer must contain (sending alone proves "
-                "no more than the connect)",
-            )
-        for key, value in (("send", cfg.send), ("expect", cfg.expect)):
-            if value and (found := _LITERAL_ESCAPE.search(value)):
-                escape = found.group()
-                yield (
-                    key,
-                    f"{escape} is two characters here, a backslash and {escape[1]!r} (YAML "
-                    "keeps backslashes in plain and single-quoted values): write the value "
-                    f'in double quotes for the control character, e.g. {key}: "PING\\r\\n"',
-                )
-        if cfg.expect and len(cfg.expect.encode()) > READ_CAP:
-            yield "expect", f"longer than the {READ_CAP} bytes read for it: it could never match"
+        yield from tcp_talk.validate(cfg)
 
     @staticmethod
     def describe(cfg: WorkloadConfig, address: str) -> str:

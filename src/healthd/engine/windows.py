@@ -1,11 +1,11 @@
 """What the restart policies count over sliding windows: the restarts within
 ``restart_window`` and flap detection's verdict changes.
 
-Pure bookkeeping for ``policy.py``, which decides and speaks (events), made only for the
-workloads that use them; both keep their times in the workload's status so that statuses.json
-carries them across daemon restarts. Windows are
-measured on the monotonic clock, immune to wall-clock steps; the wall-clock times saved in the
-status only bring them back after a restart.
+Pure bookkeeping for ``restarts.py`` and ``flapping.py``, which decide and speak (events),
+made only for the workloads that use them; both keep their times in the workload's status so
+that statuses.json carries them across daemon restarts. Windows are measured on the monotonic
+clock, immune to wall-clock steps; the wall-clock times saved in the status only bring them
+back after a restart.
 """
 
 from __future__ import annotations
