@@ -202,13 +202,15 @@ def test_a_webhook_retry_is_not_put_off_by_the_wall_clock_jumping_back(
         wait_for(
             "the retry after the jump back",
             lambda: len(receiver.arrivals) >= 2,
-            timeout=5,
+            timeout=15,
             detail=lambda: f"arrivals {receiver.arrivals}\n{daemon.log()}",
         )
     finally:
         receiver.stop()
     waited = receiver.arrivals[1] - receiver.arrivals[0]
-    assert 0.4 <= waited <= 2.5, f"retried {waited:.2f}s after the refused delivery"
+    # The retry is due 1 s at most after the failure; a loaded host (and a reload running
+    # meanwhile) has made it 3.3 s. The wall clock's way would be an hour.
+    assert 0.4 <= waited <= 10, f"retried {waited:.2f}s after the refused delivery"
     assert [t for t, _ in receiver.seen.values()][:1] == ["daemon_started"], receiver.seen
 
 

@@ -75,7 +75,8 @@ def test_changes_are_reported_by_name_and_close_is_prompt(tmp_path: Path) -> Non
         watcher = ConfigWatcher(config, calls, make_logger(stream), quiet=0.1)
         watcher.arm()
         assert (watcher.mode, watcher.inside) == ("inotify", True)
-        assert watcher.watching == [str(config), str(tmp_path)]
+        # a real directory is watched alone: its parent's reads would all be reported
+        assert watcher.watching == [str(config)]
         (config / "a.yaml").write_text("x")  # before start: seen all the same
         watcher.start()
         await until("the first call", lambda: calls.calls)
@@ -91,6 +92,22 @@ def test_changes_are_reported_by_name_and_close_is_prompt(tmp_path: Path) -> Non
     assert calls.calls == [["a.yaml"], ["b.yaml"]]  # the failure did not end the watching
     assert "event=config_watch_reload_failed" in stream.getvalue()
     assert took < 2.0, f"close took {took:.2f}s"
+
+
+def test_a_config_dir_named_by_a_symlink_has_its_parent_watched_too(tmp_path: Path) -> None:
+    """``ln -sfn`` swaps the link in the parent: only a watch there sees it."""
+    (tmp_path / "v1").mkdir()
+    config = tmp_path / "config"
+    config.symlink_to(tmp_path / "v1")
+
+    async def main() -> list[str]:
+        watcher = ConfigWatcher(config, Calls(), make_logger(io.StringIO()), quiet=0.1)
+        watcher.arm()
+        watching = list(watcher.watching)
+        await watcher.close()
+        return watching
+
+    assert asyncio.run(main()) == [str(config), str(tmp_path)]
 
 
 def test_inotify_refused_falls_back_to_polling(tmp_path: Path) -> None:

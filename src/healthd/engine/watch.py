@@ -12,8 +12,11 @@ file is only ever read once it has its final name. Only what the loader reads co
   ``NAME.yaml`` entries are links through it), so no ``*.yaml`` entry of the dir changes;
 - the config dir itself: its mode (strict modes read it), and its removal, replacement or
   creation (``rm -r`` then ``mkdir``, a ``mv`` over it, ``ln -sfn`` of a symlinked dir). The
-  dir's parent is watched too, and the watch is made again on the new dir when its identity
-  (device, inode, as its name resolves) changes;
+  watch is made again on the new dir when its identity (device, inode, as its name resolves)
+  changes. A config dir named by a symlink has its parent watched too, where a new link
+  shows; a real directory is watched alone, because inotify reports every open and read in a
+  watched directory (the underlying library asks for them), and a parent such as ``/etc`` is
+  read all the time by every process on the host;
 - a config dir that does not exist (or cannot be watched) yet: its nearest existing ancestor
   is watched until it appears.
 
@@ -146,7 +149,7 @@ class ConfigWatcher:
         self._close_notify()
         for _ in range(5):  # the dir may come or go while this runs: then look again
             self._identity = identity(self.config_dir)
-            if self._identity is not None and self._open([self.config_dir, self.parent]):
+            if self._identity is not None and self._open(self._dir_paths()):
                 self.inside = True
             elif self._open([nearest_ancestor(self.config_dir)]):
                 self.inside = False  # missing, not a dir, or unreadable: wait for it
@@ -170,6 +173,13 @@ class ConfigWatcher:
             watching=",".join(self.watching),
             config_dir_exists=self._identity is not None,
         )
+
+    def _dir_paths(self) -> list[str]:
+        """What to watch while the config dir exists: the dir, and its parent only when the
+        dir is named by a symlink (a swapped link shows in the parent, not in either target)."""
+        if os.path.islink(self.config_dir):
+            return [self.config_dir, self.parent]
+        return [self.config_dir]
 
     def _open(self, paths: list[str]) -> bool:
         paths = list(dict.fromkeys(paths))  # "/" is its own parent
@@ -266,8 +276,10 @@ class ConfigWatcher:
                     else "config dir changed"
                 )
             # Its mode or owner may have changed (strict modes judge it), or what is in it.
-            # A dir that was missing and still is (one above it came) has nothing to load.
-            if now is not None or before is not None:
+            # A dir that was missing and still is (one above it came) has nothing to load. The
+            # same dir with entries that changed is named by those entries (polling also sees
+            # the dir's own mtime move with them).
+            if (now is not None or before is not None) and (now != before or not names):
                 names.add(self.config_dir)
         return sorted(names)
 
