@@ -28,6 +28,7 @@ from healthd.config.daemon_file import (
 )
 from healthd.config.loader import load_dir
 from healthd.config.workload import ENV_NAME, WorkloadConfig
+from healthd.engine import dependencies
 from healthd.errors import ConfigError, DurationError, HealthdError
 from healthd.logs import make_logger
 from healthd.loop import run_loop
@@ -348,6 +349,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     result = load_dir(args.config_dir, strict_modes=strict and not args.no_strict_modes)
     for problem in result.problems:
         print(problem)
+    graph = {name: cfg.depends_on or () for name, cfg in result.configs.items()}
+    for warning in dependencies.review(graph).warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     disabled = sum(not c.enabled for c in result.configs.values())
     summary = f"{len(result.configs)} valid workload(s) ({disabled} disabled)"
     if result.problems:

@@ -48,6 +48,25 @@ def test_validate_good_and_bad_dirs(tmp_path: Path, env: dict[str, str]) -> None
     assert "2 problem(s); 1 valid workload(s)" in done.stderr
 
 
+def test_validate_warns_of_dependencies_that_hold_nothing(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    for name, deps in (("api", "[db, cache]"), ("db", "[]"), ("a", "[b]"), ("b", "[a]")):
+        text = f"workload: {name}\ntype: exec\ntarget: 'true'\ndepends_on: {deps}\n"
+        (config / f"{name}.yaml").write_text(text)
+    done = run_cli(["validate", "--config-dir", str(config)], env)
+    assert done.returncode == 0, done.stdout + done.stderr  # warnings, not problems
+    assert done.stderr.splitlines() == [
+        "warning: api: depends_on cache: not configured, so it holds no restart until a "
+        "workload of that name exists",
+        "warning: a, b: depend on each other in a cycle, so depends_on between them never "
+        "holds a restart",
+    ]
+    assert done.stdout.startswith("ok: 4 valid workload(s)")
+
+
 def test_add_ls_rm_round_trip(tmp_path: Path, env: dict[str, str]) -> None:
     config = tmp_path / "config"
     add(config, env, "web", "--type", "http", "--port", "8080", "--host", "127.0.0.1")

@@ -20,6 +20,21 @@ class DependencyReport:
     cycles: list[list[str]] = field(default_factory=list)  # each cycle's members, sorted
     missing: dict[str, list[str]] = field(default_factory=dict)  # workload -> unknown names
 
+    def warnings(self) -> list[str]:
+        """The report for people (``healthd validate``): not errors, as a workload may be
+        added later and a cycle is defused, but each one switches a hold off."""
+        lines = [
+            f"{name}: depends_on {', '.join(unknown)}: not configured, so it holds no restart "
+            "until a workload of that name exists"
+            for name, unknown in sorted(self.missing.items())
+        ]
+        lines += [
+            f"{', '.join(cycle)}: depend on each other in a cycle, so depends_on between them "
+            "never holds a restart"
+            for cycle in self.cycles
+        ]
+        return lines
+
 
 def review(graph: Mapping[str, Sequence[str]]) -> DependencyReport:
     """``graph``: every configured workload -> its ``depends_on`` (empty when none)."""
