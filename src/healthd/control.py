@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -187,16 +188,47 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace) -> int:
     body = {"reason": args.reason} if args.reason else None
-    return change(args, "pause", body)
+    return change(args, "pause", body, saved=lambda s: _set_paused(s, True, args.reason))
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    return change(args, "resume", None)
+    return change(args, "resume", None, saved=lambda s: _set_paused(s, False, ""))
 
 
-def change(args: argparse.Namespace, action: str, body: dict[str, Any] | None) -> int:
-    """Pause or resume through the daemon; with no daemon running, in statuses.json, where
-    the daemon finds it at its next start."""
+def cmd_reset(args: argparse.Namespace) -> int:
+    """Restore the restart budget through the daemon; with none running, in statuses.json."""
+
+    def shown(answer: dict[str, Any]) -> str:
+        left = answer.get("restart_budget_left")
+        budget = "unlimited restarts" if left is None else f"{left} restart(s) left"
+        return f"restart budget restored ({budget}); state {answer['state']}"
+
+    return change(args, "reset", None, saved=_reset_saved, shown=shown)
+
+
+def _set_paused(status: WorkloadStatus, paused: bool, reason: str) -> str:
+    status.paused = paused
+    status.paused_at = datetime.now(UTC) if paused else None
+    status.paused_reason = reason if paused else ""
+    return "paused" if paused else "resumed"
+
+
+def _reset_saved(status: WorkloadStatus) -> str:
+    reset_budget(status)
+    return "restart budget restored"
+
+
+def change(
+    args: argparse.Namespace,
+    action: str,
+    body: dict[str, Any] | None,
+    *,
+    saved: Callable[[WorkloadStatus], str],
+    shown: Callable[[dict[str, Any]], str] = lambda answer: str(answer["state"]),
+) -> int:
+    """POST ``action`` for the workload through the daemon; with no daemon running, ``saved``
+    makes the change in statuses.json (and says what it did), where the daemon finds it at
+    its next start."""
     client = client_for(args, changes=True)
     try:
         answer = client.call(
@@ -211,62 +243,22 @@ def change(args: argparse.Namespace, action: str, body: dict[str, Any] | None) -
             raise HealthdError(
                 f"the daemon (pid {pid}) runs but its API does not answer: {exc}"
             ) from None
-        return change_saved(args, action == "pause")
-    print(f"{args.workload}: {answer['state']}")
+        return change_saved(args, saved)
+    print(f"{args.workload}: {shown(answer)}")
     return OK
 
 
-def change_saved(args: argparse.Namespace, paused: bool) -> int:
+def change_saved(args: argparse.Namespace, edit: Callable[[WorkloadStatus], str]) -> int:
     store = StatusStore(args.status_dir)
     statuses = store.read()
     status = statuses.get(args.workload)
     if status is None:
         print(f"healthd: no status for workload {args.workload!r} in {store.path}", file=sys.stderr)
         return PROBLEM
-    status.paused = paused
-    status.paused_at = datetime.now(UTC) if paused else None
-    status.paused_reason = args.reason if paused else ""
-    store.write(statuses.values())
-    state = "paused" if paused else "resumed"
-    print(
-        f"{args.workload}: {state} in {store.path} (the daemon is not running; it applies at start)"
-    )
-    return OK
-
-
-def cmd_reset(args: argparse.Namespace) -> int:
-    """Restore the restart budget through the daemon; with none running, in statuses.json."""
-    client = client_for(args, changes=True)
-    try:
-        answer = client.call("POST", f"/v1/workloads/{quote(args.workload, safe='')}/reset")
-    except ApiCallError as exc:
-        print(f"healthd: {exc}", file=sys.stderr)
-        return PROBLEM
-    except NotRunning as exc:
-        pid, _ = running_daemon(args.status_dir)
-        if pid is not None:
-            raise HealthdError(
-                f"the daemon (pid {pid}) runs but its API does not answer: {exc}"
-            ) from None
-        return reset_saved(args)
-    left = answer.get("restart_budget_left")
-    budget = "unlimited restarts" if left is None else f"{left} restart(s) left"
-    print(f"{args.workload}: restart budget restored ({budget}); state {answer['state']}")
-    return OK
-
-
-def reset_saved(args: argparse.Namespace) -> int:
-    store = StatusStore(args.status_dir)
-    statuses = store.read()
-    status = statuses.get(args.workload)
-    if status is None:
-        print(f"healthd: no status for workload {args.workload!r} in {store.path}", file=sys.stderr)
-        return PROBLEM
-    reset_budget(status)
+    done = edit(status)
     store.write(statuses.values())
     print(
-        f"{args.workload}: restart budget restored in {store.path} "
-        "(the daemon is not running; it applies at start)"
+        f"{args.workload}: {done} in {store.path} (the daemon is not running; it applies at start)"
     )
     return OK
 
