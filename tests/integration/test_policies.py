@@ -89,7 +89,12 @@ def test_restart_backoff_doubles_the_delay_up_to_the_cap(
     assert seen[3] < 3.2 - 0.2, seen  # the cap: not doubled again to 3.2 s
     status = client.wait_status("crashy", lambda s: s["restart_count"] >= 5)
     assert status["current_restart_delay_seconds"] == 1.6
-    saved = daemon.wait_status("crashy", lambda s: s.get("current_restart_delay_seconds") == 1.6)
+    # statuses.json is saved after each restart: wait for the save that has the fifth one (the
+    # delay is already 1.6 s after the fourth)
+    saved = daemon.wait_status(
+        "crashy",
+        lambda s: s.get("current_restart_delay_seconds") == 1.6 and s["restart_count"] >= 5,
+    )
     assert saved["restart_count"] >= 5
     assert daemon.terminate() == 0
 
