@@ -127,7 +127,12 @@ def test_status_lists_every_workload_with_its_saved_and_live_fields(
     }
 
     body = client.get("/v1/status")
-    assert set(body) == {"counts", "workloads", "storage"}
+    assert set(body) == {"counts", "workloads", "storage", "daemon"}
+    about = body["daemon"]
+    assert about["host"] == socket.gethostname()
+    assert about["status"] == "ok"
+    assert about["on_time"] is True
+    assert 0 < about["uptime_seconds"] < 60
     assert body["storage"]["ok"] is True  # tests/faults/test_disk_full.py: when it is not
     assert names(body) == ["down", "off", "web"]  # every workload, sorted
     assert body["counts"] == {"healthy": 1, "unhealthy": 1, "disabled": 1}

@@ -20,8 +20,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from healthd import durations
-from healthd.api import views
-from healthd.api.auth import Authorizer
+from healthd.api import ui, views
+from healthd.api.auth import OPEN_PATHS, Authorizer
 from healthd.api.messages import HttpError, Request, Response, json_response
 from healthd.api.openapi import SINCE_DURATION
 from healthd.api.openapi import document as openapi_document
@@ -45,6 +45,7 @@ _DIGITS = re.compile(r"[0-9]{1,9}")
 _ID_DIGITS = re.compile(r"[0-9]{1,19}")
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 EVENTS_LIMIT, EVENTS_MAX = 100, 1000
+HISTORIES_MAX = 200  # workloads in one GET /v1/history: a page's visible rows, and then some
 _TYPES = frozenset(t.value for t in EventType)
 _RFC3339 = re.compile(
     r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?"
@@ -73,12 +74,14 @@ class Api:
         name = r"(?P<w>[^/]+)"
         self.paths = [
             _Path(re.compile(r"/"), {"GET": self.index}),
+            _Path(re.compile(r"/ui/[^/]+"), {"GET": self.ui_asset}),
             _Path(re.compile(r"/healthz"), {"GET": self.healthz}),
             _Path(re.compile(r"/metrics"), {"GET": self.metrics}),
             _Path(re.compile(r"/v1/openapi\.json"), {"GET": self.openapi}),
             _Path(re.compile(r"/v1/status"), {"GET": self.status_all}),
             _Path(re.compile(rf"/v1/status/{name}"), {"GET": self.status_one}),
             _Path(re.compile(r"/v1/workloads"), {"GET": self.workloads}),
+            _Path(re.compile(r"/v1/history"), {"GET": self.histories}),
             _Path(re.compile(rf"/v1/workloads/{name}/history"), {"GET": self.history}),
             _Path(re.compile(rf"/v1/workloads/{name}/check"), {"POST": self.check}),
             _Path(re.compile(rf"/v1/workloads/{name}/pause"), {"POST": self.pause}),
@@ -105,7 +108,7 @@ class Api:
                     [("Allow", ", ".join(allowed))],
                 )
             self.authorizer.check(request)
-            if not self.daemon.started.is_set() and request.path != "/healthz":
+            if not self.daemon.started.is_set() and request.path not in OPEN_PATHS:
                 raise HttpError(503, "healthd is starting; try again in a moment")
             return await route(request, match.groupdict().get("w") or "")
         raise HttpError(404, f"no such endpoint {request.path!r}; see GET /v1/openapi.json")
@@ -113,6 +116,8 @@ class Api:
     # -- reading --------------------------------------------------------------------------
 
     async def index(self, request: Request, _: str) -> Response:
+        if ui.wants_page(request.headers.get("accept", "")):
+            return ui.page()
         return json_response(
             200,
             {
@@ -120,6 +125,7 @@ class Api:
                 "endpoints": [
                     "/v1/status",
                     "/v1/workloads",
+                    "/v1/history",
                     "/v1/events",
                     "/v1/events/stream",
                     "/v1/sinks",
@@ -129,6 +135,9 @@ class Api:
                 "openapi": "/v1/openapi.json",
             },
         )
+
+    async def ui_asset(self, request: Request, _: str) -> Response:
+        return ui.asset(request.path)
 
     async def healthz(self, request: Request, _: str) -> Response:
         ok, details = views.daemon_health(self.daemon, asyncio.get_running_loop().time())
@@ -168,6 +177,15 @@ class Api:
         limit = _int_param(request, "limit", HISTORY_SIZE, 1, HISTORY_SIZE)
         return json_response(200, views.history(self.daemon, name, limit))
 
+    async def histories(self, request: Request, _: str) -> Response:
+        names = list(dict.fromkeys(request.query.get("workload", [])))
+        if not names or len(names) > HISTORIES_MAX:
+            raise HttpError(
+                400, f"name from 1 to {HISTORIES_MAX} workloads, each as ?workload=NAME"
+            )
+        limit = _int_param(request, "limit", HISTORY_SIZE, 1, HISTORY_SIZE)
+        return json_response(200, views.histories(self.daemon, names, limit))
+
     # -- events ---------------------------------------------------------------------------
 
     async def events(self, request: Request, _: str) -> Response:
@@ -177,6 +195,7 @@ class Api:
         workload = _last(request, "workload")
         types = _types_param(request)
         since = _since_param(request)
+        newest = _order_param(request) == "newest"
         journal = notifier.journal
         scanned_to = journal.committed_id  # the query below reads at least this far
         found = await self._read(
@@ -188,10 +207,11 @@ class Api:
                 types=types,
                 since=since,
                 limit=limit,
+                newest=newest,
             ),
         )
         last = found[-1].id if found else after
-        if len(found) < limit:
+        if len(found) < limit or newest:
             # Nothing more matched up to ``scanned_to``: the next page starts after it.
             last = max(last, scanned_to)
         return json_response(200, {"events": [event_json(e) for e in found], "last_id": last})
@@ -336,6 +356,13 @@ def _types_param(request: Request) -> tuple[str, ...]:
             f"(known: {', '.join(sorted(_TYPES))})",
         )
     return tuple(dict.fromkeys(names))
+
+
+def _order_param(request: Request) -> str:
+    order = _last(request, "order") or "oldest"
+    if order not in ("oldest", "newest"):
+        raise HttpError(400, f"order must be oldest or newest, not {order!r}")
+    return order
 
 
 def _since_param(request: Request) -> float | None:

@@ -124,6 +124,12 @@ _EVENTS_PARAMS = [
         {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
         "at most this many events",
     ),
+    _query(
+        "order",
+        {"type": "string", "enum": ["oldest", "newest"], "default": "oldest"},
+        "oldest: the first `limit` matching events; newest: the last `limit` of them (still "
+        "in id order; last_id is then where a stream resumes without a gap)",
+    ),
 ]
 _STREAM_PARAMS = [
     {
@@ -169,6 +175,22 @@ def document() -> dict[str, Any]:
             "/v1/status": _get("Every workload's status", "StatusList"),
             "/v1/status/{workload}": {**workload, **_get("One workload's status", "Status", 404)},
             "/v1/workloads": _get("Effective configs and config errors", "WorkloadList"),
+            "/v1/history": _get(
+                "Several workloads' last check results at once",
+                "Histories",
+                400,
+                parameters=[
+                    _query(
+                        "workload",
+                        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                        "a workload, the parameter repeated for more (1 to 200)",
+                        required=True,
+                        style="form",
+                        explode=True,
+                    ),
+                    limit,
+                ],
+            ),
             "/v1/workloads/{workload}/history": {
                 **workload,
                 **_get(
@@ -249,7 +271,21 @@ def document() -> dict[str, Any]:
                 }
             },
             "/v1/openapi.json": _get("This document", "OpenApi"),
-            "/": _get("What is here", "Index"),
+            "/": {
+                "get": {
+                    "summary": "What is here: the status page for a browser (Accept: "
+                    "text/html), else this index",
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {"schema": ref("Index")},
+                                "text/html": {"schema": {"type": "string"}},
+                            },
+                        },
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {**SCHEMAS, "Workload": WORKLOAD},

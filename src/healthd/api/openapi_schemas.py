@@ -114,8 +114,26 @@ SCHEMAS: dict[str, Any] = {
             "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "workloads": {"type": "array", "items": ref("Status")},
             "storage": ref("Storage"),
+            "daemon": ref("About"),
         }
     ),
+    "About": {
+        **obj(
+            {
+                "host": {"type": "string"},
+                "version": {"type": "string"},
+                "started_at": TIME,
+                "uptime_seconds": {"type": "number", "minimum": 0},
+                "status": {
+                    "type": "string",
+                    "enum": ["starting", "ok", "behind", "stalled", "stopping"],
+                },
+                "on_time": {"type": "boolean", "description": "status is ok"},
+                "overdue_seconds": {"type": "number", "minimum": 0},
+            }
+        ),
+        "description": "Which daemon answers, since when, and whether checks run on time",
+    },
     "Storage": {
         **obj(
             {
@@ -166,6 +184,16 @@ SCHEMAS: dict[str, Any] = {
         {
             "workloads": {"type": "array", "items": ref("Workload")},
             "config_errors": {"type": "array", "items": ref("ConfigError")},
+        }
+    ),
+    "Histories": obj(
+        {
+            "histories": {"type": "array", "items": ref("History")},
+            "unknown": {
+                "type": "array",
+                "items": NAME,
+                "description": "names asked for that are not configured",
+            },
         }
     ),
     "History": obj(

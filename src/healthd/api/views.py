@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from healthd import __version__
 from healthd.checks import KINDS
 from healthd.config.sinks import public_url, redact
 from healthd.engine.daemon import Daemon
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
 # The daemon is "stalled" when the earliest check is this late and its timer still has not
 # fired: the loop runs (it answered) but the scheduler does not.
 STALL_SECONDS = 5.0
+_HOST = socket.gethostname()
 
 
 def status_entry(daemon: Daemon, status: WorkloadStatus) -> dict[str, Any]:
@@ -69,7 +73,27 @@ def all_statuses(daemon: Daemon) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for entry in entries:
         counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    return {"counts": counts, "workloads": entries, "storage": storage(daemon)}
+    return {
+        "counts": counts,
+        "workloads": entries,
+        "storage": storage(daemon),
+        "daemon": about(daemon),
+    }
+
+
+def about(daemon: Daemon) -> dict[str, Any]:
+    """Which daemon answers, since when, and whether its checks run on time (the status
+    page's header)."""
+    ok, health = daemon_health(daemon, asyncio.get_running_loop().time())
+    return {
+        "host": _HOST,
+        "version": __version__,
+        "started_at": health["started_at"],
+        "uptime_seconds": round(max(0.0, time.time() - daemon.started_at.timestamp()), 3),
+        "status": health["status"],
+        "on_time": ok,
+        "overdue_seconds": health["scheduler"]["overdue_seconds"],
+    }
 
 
 def storage_files(daemon: Daemon) -> list[tuple[WriteHealth, Journal | None]]:
@@ -143,6 +167,16 @@ def recorded_json(item: Recorded) -> dict[str, Any]:
         "ok": item.ok,
         "duration_seconds": round(item.duration, 6),
         "error": item.error,
+    }
+
+
+def histories(daemon: Daemon, names: list[str], limit: int) -> dict[str, Any]:
+    """Several workloads' last results at once (the status page's sparklines); a name not
+    configured (any more: the page may be a reload behind) is listed, not an error."""
+    known = [n for n in names if n in daemon.statuses]
+    return {
+        "histories": [history(daemon, n, limit) for n in known],
+        "unknown": [n for n in names if n not in daemon.statuses],
     }
 
 
