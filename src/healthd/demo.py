@@ -188,7 +188,12 @@ async def _run(work: Path, duration: float, out: TextIO, log_file: TextIO) -> bo
     )
     api = ApiService(daemon, ApiSettings(listen=ListenAddress("127.0.0.1", 0)), log)
     await api.start()
-    print(f"the API: http://{api.endpoints['listen']}/v1/status; webhook: {hook_url}", file=out)
+    listen = api.endpoints["listen"]
+    print(
+        f"the status page: http://{listen}/ (open it in a browser while the demo runs); "
+        f"the API: http://{listen}/v1/status; webhook: {hook_url}",
+        file=out,
+    )
     task = asyncio.create_task(daemon.run())
     # A closed terminal (SIGHUP) must still stop the services the demo started.
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, daemon.request_stop)

@@ -235,7 +235,7 @@ def test_default_own_uid_does_not_let_an_unknown_peer_in() -> None:
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
-@pytest.mark.parametrize("path", ["/v1/status", "/metrics", "/v1/openapi.json", "/"])
+@pytest.mark.parametrize("path", ["/v1/status", "/metrics", "/v1/openapi.json", "/v1/history"])
 def test_off_loopback_even_reading_needs_the_token(method: str, path: str) -> None:
     assert refused(EXPOSED, request(method, path)).status == 401
     assert refused(EXPOSED, request(method, path, authorization="Bearer wrong")).status == 401
@@ -245,3 +245,15 @@ def test_off_loopback_even_reading_needs_the_token(method: str, path: str) -> No
 def test_off_loopback_healthz_stays_open() -> None:
     EXPOSED.check(request("GET", "/healthz"))
     EXPOSED.check(request("HEAD", "/healthz"))
+
+
+@pytest.mark.parametrize("path", ["/", "/ui/app.js", "/ui/app.css", "/ui/icon.svg"])
+def test_off_loopback_the_status_page_loads_without_a_token(path: str) -> None:
+    """A browser cannot send a bearer token to load a page; the page's files hold no data,
+    and the page then sends the token itself for the API."""
+    EXPOSED.check(request("GET", path))
+
+
+@pytest.mark.parametrize("path", ["/v1/status", "/v1/history", "/ui/other.js", "/ui/"])
+def test_off_loopback_what_is_not_the_page_still_needs_the_token(path: str) -> None:
+    assert refused(EXPOSED, request("GET", path)).status == 401

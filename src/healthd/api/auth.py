@@ -1,5 +1,6 @@
 """Who may do what through the API.
 
+- The status page (``/`` and ``/ui/...``: static files, no data) and /healthz are open.
 - Reading (GET/HEAD) is open on a loopback listener and on the Unix socket (its file mode,
   0660, already decides who can connect). On any other listener every call but /healthz
   needs the token, and listening there without a token is refused at start.
@@ -17,9 +18,12 @@ from pathlib import Path
 
 from healthd import secret_file
 from healthd.api.messages import HttpError, Request
+from healthd.api.ui import ASSET_PATHS
 from healthd.errors import HealthdError
 
-OPEN_PATHS = frozenset({"/healthz"})
+# /healthz for probes; the status page and its files hold no data (the page reads the API,
+# sending the token itself) and a browser cannot send a bearer token to load them.
+OPEN_PATHS = frozenset({"/healthz", "/", *ASSET_PATHS})
 
 
 class TokenFileError(HealthdError):
