@@ -83,7 +83,7 @@ def test_a_break_shows_live_and_pause_needs_the_token(
     ask = page.locator("#token-dialog")
     expect(ask).to_be_visible()
     ask.locator("#token-input").fill(token)
-    ask.locator("#token-ok").click()
+    ask.locator("#token-input").press("Enter")  # as a person would: Enter uses the token
     expect(dialog.locator("#detail-badge")).to_have_attribute("data-state", "paused")
     expect(row(page, "web").locator(".badge")).to_have_attribute("data-state", "paused")
     expect(page.locator('#feed li[data-type="paused"][data-workload="web"]')).to_have_count(1)
@@ -242,6 +242,8 @@ def five_thousand(browser: Browser, daemon: DaemonProc, live_port: int) -> None:
     assert 0 < rendered.count() < 100, f"{rendered.count()} rows in the DOM"
     # the broken one is first (unhealthy before healthy), once it is judged
     expect(rendered.first).to_have_attribute("data-workload", "w-2345", timeout=SOON)
+    healthy = page.locator('#counts .badge[data-state="healthy"]')
+    expect(healthy).to_have_text("4999 healthy", timeout=SOON)
 
     page.locator("#table-wrap").evaluate("w => { w.scrollTop = w.scrollHeight }")
     expect(row(page, "w-4999")).to_be_visible()
@@ -332,8 +334,26 @@ def test_empty_and_error_states_are_messages_not_blank(
     expect(page.locator("#token-dialog")).to_be_hidden()
     page.keyboard.press("Escape")
 
+    # A new file that does not load: a workload in the config error state, and where.
+    (daemon.config_dir / "bad.yaml").write_text("workload: bad\ntype: exec\ninterval: soon\n")
+    expect(row(page, "bad").locator(".badge")).to_have_attribute(
+        "data-state", "config_error", timeout=20_000
+    )
+    expect(row(page, "bad").locator(".badge")).to_have_text("config error")
+    row(page, "bad").locator(".open").click()
+    expect(page.locator("#detail-config")).to_contain_text("bad.yaml:3", timeout=SOON)
+    expect(page.locator("#act-pause")).to_be_disabled()  # not monitored: nothing to pause
+    page.keyboard.press("Escape")
+    # A loaded file broken on disk: it runs on, and its detail says what is wrong.
+    (daemon.config_dir / "late.yaml").write_text("workload: late\ntype: exec\nretries: many\n")
+    expect(page.locator('#feed li[data-type="config_error"]')).not_to_have_count(0, timeout=SOON)
+    row(page, "late").locator(".open").click()
+    expect(page.locator("#detail-config")).to_contain_text("late.yaml:3", timeout=SOON)
+    expect(page.locator("#detail-config")).to_contain_text("running on the last good config")
+    page.keyboard.press("Escape")
+
     status = json.loads((daemon.status_dir / "statuses.json").read_text())
-    assert [s["workload"] for s in status] == ["late"]
+    assert [s["workload"] for s in status] == ["late"]  # "bad" never loaded: the page's own row
     daemon.kill()
     expect(page.locator("#notice")).to_contain_text("cannot reach healthd", timeout=SOON)
     expect(page.locator("#live")).to_have_attribute("data-status", "down")

@@ -35,6 +35,7 @@ const state = {
   rowHeight: 36,
   pendingRows: new Set(),
   configNames: "",
+  configErrors: new Map(), // workload -> messages of its file's problems
 };
 
 // -- talking to the daemon -----------------------------------------------------------------
@@ -98,6 +99,7 @@ function askToken(why) {
   $("token-why").textContent = `${why}. The token is the contents of api.token_file; it is `
     + "kept in this tab only, until the tab is closed.";
   $("token-input").value = "";
+  dialog.returnValue = ""; // Escape keeps the last value: "ok" from the time before
   tokenAsk = new Promise((resolve) => {
     dialog.addEventListener("close", () => {
       const value = $("token-input").value.trim();
@@ -210,9 +212,9 @@ const COMPARE = {
   state: (a, b) => severity(a) - severity(b),
   ago: (a, b) => (lastCheck(b) - lastCheck(a)),
   error: (a, b) => errorText(a).localeCompare(errorText(b)),
-  restarts: (a, b) => restarts(state.rows.get(b)).order - restarts(state.rows.get(a)).order,
+  restarts: (a, b) => restarts(state.rows.get(a)).order - restarts(state.rows.get(b)).order,
   next: (a, b) => nextRestart(state.rows.get(a)).at - nextRestart(state.rows.get(b)).at,
-  duration: (a, b) => duration(b) - duration(a),
+  duration: (a, b) => duration(a) - duration(b),
 };
 
 function severity(name) {
@@ -454,7 +456,14 @@ function countStates() {
 async function loadConfigs() {
   const got = await api("/v1/workloads");
   const configs = new Map(got.workloads.map((w) => [w.workload, w]));
-  for (const row of state.rows.values()) row.config = configs.get(row.status.workload) || null;
+  for (const [name, row] of state.rows) row.config = configs.get(name) || null;
+  // A file that does not load is named after its workload: <name>.yaml or <name>.yml.
+  state.configErrors = new Map();
+  for (const problem of got.config_errors) {
+    const stem = problem.file.split("/").pop().replace(/\.ya?ml$/, "");
+    const known = state.configErrors.get(stem) || [];
+    state.configErrors.set(stem, [...known, problem.message]);
+  }
 }
 
 let refreshTimer = null;
@@ -463,7 +472,7 @@ let refreshSpent = 0;
 
 // A flood of events (a whole host failing) reads the whole status at most once per pause.
 function refreshSoon() {
-  const next = refreshStarted + Math.max(1000, refreshSpent * 20);
+  const next = refreshStarted + Math.max(1000, refreshSpent * 3);
   clearTimeout(refreshTimer);
   refreshTimer = setTimeout(refresh, Math.max(0, next - performance.now()));
 }
@@ -481,22 +490,37 @@ async function refresh() {
       if (row) row.status = status;
       else state.rows.set(status.workload, { status, config: null });
     }
-    for (const name of [...state.rows.keys()]) if (!names.has(name)) state.rows.delete(name);
-    // A reload changed the set of workloads: their configs too, then.
-    const key = [...names].sort().join("\n");
-    if (key !== state.configNames) {
+    // A reload changed the set of workloads, or which files load: their configs too, then.
+    // While some file does not load, every time: fixing or removing it sends no event.
+    const broken = got.workloads.filter((w) => w.state === "config_error").map((w) => w.workload);
+    const key = `${[...names].sort().join("\n")}|${broken.sort().join("\n")}`;
+    if (key !== state.configNames || state.configErrors.size > 0) {
       await loadConfigs();
       state.configNames = key;
     }
+    // A new file that never loaded has no status: it is a row all the same.
+    for (const [name, messages] of state.configErrors) {
+      if (names.has(name)) continue;
+      names.add(name);
+      const status = { workload: name, state: "config_error", monitored: false, paused: false,
+        last_error: messages.join("; "), restart_count: 0, auto_restart: false };
+      const row = state.rows.get(name);
+      if (row) row.status = status;
+      else state.rows.set(name, { status, config: null });
+    }
+    for (const name of [...state.rows.keys()]) if (!names.has(name)) state.rows.delete(name);
     state.about = got.daemon;
     state.aboutAt = performance.now();
     notice(storageProblem(got.storage), "info");
-    renderSummary(got.counts);
+    renderSummary(countStates());
     tickUptime();
     arrange();
     const [first, last] = visibleRange();
     fetchSparks(state.shown.slice(first, last), true);
-    if (state.detail) renderDetailStatus();
+    if (state.detail) {
+      renderDetailStatus();
+      renderConfig();
+    }
   } catch (err) {
     notice(err.status === 0 ? `${err.message}; trying again…` : `healthd answered: ${err.message}`);
   }
@@ -643,7 +667,33 @@ function dispatch(message) {
   }
   if (message.id !== null) state.lastEventId = Number(message.id);
   showEvent(event, true);
+  if (applyEvent(event)) redrawSoon();
+  if (event.type === "config_error") {
+    state.configNames = ""; // a file broke: read the configs and their errors again
+    refreshSoon();
+  }
   refreshRow(event.workload);
+}
+
+// The event says where the workload went: its badge and the counts change at once, before
+// (and whether or not) its row is read again. Paused is shown over the machine's state.
+function applyEvent(event) {
+  const row = state.rows.get(event.workload);
+  if (!row || !row.status || !event.state_to) return false;
+  const was = row.status.paused;
+  const paused = event.type === "paused" ? true : event.type === "resumed" ? false : was;
+  row.status = { ...row.status, paused, state: paused ? "paused" : event.state_to };
+  return true;
+}
+
+let redrawFrame = 0;
+function redrawSoon() {
+  if (redrawFrame) return;
+  redrawFrame = requestAnimationFrame(() => {
+    redrawFrame = 0;
+    renderSummary(countStates());
+    arrange();
+  });
 }
 
 function setLive(status, why = "") {
@@ -729,11 +779,18 @@ function renderConfig() {
   const row = state.rows.get(state.detail);
   const config = row && row.config;
   if (!config) {
-    $("detail-config").replaceChildren(el("dt", { text: "config" }), el("dd", { text: "not loaded (see the config errors in healthd validate)" }));
+    const errors = state.configErrors.get(state.detail) || ["its file is not loaded now"];
+    $("detail-config").replaceChildren(...errors.flatMap((message) => [
+      el("dt", { text: "config error" }), el("dd", { text: message }),
+    ]));
     return;
   }
+  // A file broken since it loaded: the workload runs on its last good config, shown below.
+  const errors = (state.configErrors.get(state.detail) || []).flatMap((message) => [
+    el("dt", { text: "config error" }), el("dd", { class: "bad", text: `${message} (running on the last good config)` }),
+  ]);
   const items = Object.entries(config).filter(([k]) => k !== "workload");
-  $("detail-config").replaceChildren(...items.flatMap(([k, v]) => [
+  $("detail-config").replaceChildren(...errors, ...items.flatMap(([k, v]) => [
     el("dt", { text: k }),
     el("dd", { text: typeof v === "object" ? JSON.stringify(v) : String(v) }),
   ]));
