@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import BrowserContext, Page, sync_playwright
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 
 from integration.conftest import (
     _no_unreaped_children,
@@ -59,19 +59,25 @@ class Browser:
         return page
 
 
+def launch(playwright: Playwright, profile: Path, executable: str | Path) -> BrowserContext:
+    """Chromium (``executable``: the binary, or a script that execs it) with a new profile."""
+    context = playwright.chromium.launch_persistent_context(
+        profile,
+        executable_path=executable,
+        args=CHROMIUM_FLAGS,
+        headless=True,
+        viewport={"width": 1280, "height": 800},
+        color_scheme="light",
+    )
+    context.set_default_timeout(15_000)
+    return context
+
+
 @pytest.fixture
 def browser(tmp_path: Path, require_binary: Callable[[str], str]) -> Iterator[Browser]:
     chromium = require_binary("chromium")
     with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            tmp_path / "chromium-profile",
-            executable_path=chromium,
-            args=CHROMIUM_FLAGS,
-            headless=True,
-            viewport={"width": 1280, "height": 800},
-            color_scheme="light",
-        )
-        context.set_default_timeout(15_000)
+        context = launch(playwright, tmp_path / "chromium-profile", chromium)
         seen = Browser(context)
         try:
             yield seen

@@ -68,9 +68,11 @@ async function errorOf(response) {
   return new ApiError(response.status, message);
 }
 
-// A call to the API; a 401 asks for the token once and tries again with it.
+// A call to the API. A 401 asks for the token and tries again with it, and again while the
+// token given is wrong, until one works or the person cancels (asked: do not ask at all).
 async function api(path, { method = "GET", body, asked = false } = {}) {
   const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  const sentToken = token();
   if (body) init.body = JSON.stringify(body);
   let response;
   try {
@@ -80,7 +82,8 @@ async function api(path, { method = "GET", body, asked = false } = {}) {
   }
   if (response.status === 401 && !asked) {
     const why = (await errorOf(response)).message;
-    if (await askToken(why)) return api(path, { method, body, asked: true });
+    if (sentToken && sentToken === token()) sessionStorage.removeItem(TOKEN_KEY);
+    if (await askToken(why)) return api(path, { method, body });
     throw new ApiError(401, why);
   }
   if (!response.ok) throw await errorOf(response);
