@@ -40,6 +40,17 @@ def test_a_browser_gets_the_page_and_a_client_the_index(
         text = got.text.replace("http://www.w3.org/2000/svg", "")
         assert not re.search(r"https?://|//[a-z]", text), f"{path} names an outside address"
 
+    # app.js is an ES module: what it imports, and what those import, is served too.
+    seen, todo = set(), ["app.js"]
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        module = client.call("GET", f"/ui/{name}")
+        assert module.status == 200, name
+        todo += [m for m in re.findall(r'from "\./([\w-]+\.js)"', module.text) if m not in seen]
+    assert len(seen) > 5
+    assert seen == {n for n in ui.ASSETS if n.endswith(".js")}, "a module no page imports"
+
     for accept in (None, "*/*", "application/json"):
         index = client.call("GET", "/", headers={"Accept": accept} if accept else {})
         assert index.status == 200

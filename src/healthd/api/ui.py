@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from pathlib import PurePath
 
 from healthd.api.messages import HttpError, Response
 
-# Name under /ui/ -> content type. Only these are served: a path is never joined to a
-# directory, so nothing outside the page's own files can be named.
-ASSETS = {
-    "app.js": "text/javascript; charset=utf-8",
-    "app.css": "text/css; charset=utf-8",
-    "icon.svg": "image/svg+xml",
-}
 PAGE = "index.html"
+_TYPES = {
+    ".js": "text/javascript; charset=utf-8",  # ES modules: app.js imports the others
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+_FILES = resources.files("healthd.api").joinpath("page")
+# Name under /ui/ -> content type: the page's files, listed once from the package. Only
+# these names are served; a requested path is never joined to a directory.
+ASSETS = {
+    entry.name: _TYPES[PurePath(entry.name).suffix]
+    for entry in _FILES.iterdir()
+    if PurePath(entry.name).suffix in _TYPES
+}
 ASSET_PATHS = frozenset(f"/ui/{name}" for name in ASSETS)
 # The page runs only its own script and style, talks only to this daemon, and is not framed
 # (a framed page could be clicked through to "pause" by another site).
@@ -37,7 +44,7 @@ SECURITY_HEADERS = [
 
 @functools.cache
 def _read(name: str) -> bytes:
-    return resources.files("healthd.api").joinpath("page", name).read_bytes()
+    return _FILES.joinpath(name).read_bytes()
 
 
 def wants_page(accept: str) -> bool:

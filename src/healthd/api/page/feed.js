@@ -1,0 +1,151 @@
+// The event feed: the latest events, then the SSE stream, read with fetch() rather than
+// EventSource because EventSource cannot send the Authorization header a non-loopback
+// listener wants. After a drop it resumes from the last id it saw (Last-Event-ID), so no
+// event is lost or shown twice.
+
+import { api, askToken, errorOf, headers } from "./api.js";
+import { openDetail } from "./detail.js";
+import { $, clock, el } from "./format.js";
+import { countStates } from "./rows.js";
+import { state } from "./state.js";
+import { refreshRow, refreshSoon } from "./status.js";
+import { renderSummary } from "./summary.js";
+import { arrange } from "./table.js";
+
+export const FEED_MAX = 300;
+
+export function eventNode(event, fresh) {
+  const who = event.workload
+    ? el("button", { type: "button", class: "ev-who", text: event.workload, onclick: () => openDetail(event.workload) })
+    : el("span", { class: "ev-who", text: "healthd" });
+  return el(
+    "li",
+    { "data-event-id": String(event.id), "data-type": event.type, "data-workload": event.workload, class: fresh ? "fresh" : null },
+    el("span", {}, el("span", { class: "ev-type", "data-type": event.type, text: event.type }), " ", who),
+    el("time", { class: "ev-time", datetime: event.timestamp, text: clock(event.timestamp) }),
+    el("span", { class: "ev-msg", text: event.message }),
+  );
+}
+
+export function showEvent(event, fresh) {
+  const feed = $("feed");
+  if (feed.querySelector(`li[data-event-id="${event.id}"]`)) return;
+  feed.prepend(eventNode(event, fresh));
+  while (feed.childElementCount > FEED_MAX) feed.lastElementChild.remove();
+  $("feed-empty").hidden = true;
+  if (state.detail && event.workload === state.detail) {
+    $("detail-events").prepend(eventNode(event, false));
+  }
+}
+
+export async function loadRecentEvents() {
+  const got = await api("/v1/events?order=newest&limit=100");
+  for (const event of got.events) showEvent(event, false);
+  state.lastEventId = got.last_id;
+}
+
+// The SSE stream, parsed by hand (see the top of this file for why not EventSource).
+export async function follow() {
+  let wait = 1000;
+  for (;;) {
+    setLive("connecting");
+    try {
+      const extra = { Accept: "text/event-stream" };
+      if (state.lastEventId !== null) extra["Last-Event-ID"] = String(state.lastEventId);
+      const response = await fetch("/v1/events/stream", { headers: headers(extra), cache: "no-store" });
+      if (response.status === 401) {
+        setLive("down", "needs the API token");
+        if (!(await askToken((await errorOf(response)).message))) return;
+        continue;
+      }
+      if (!response.ok) throw await errorOf(response);
+      setLive("live");
+      wait = 1000;
+      const resumed = state.lastEventId !== null;
+      if (resumed) refreshSoon(); // what changed while away, beyond the events themselves
+      wait = await readStream(response.body) || wait;
+    } catch (err) {
+      setLive("down", err.message);
+    }
+    setLive("down", "reconnecting");
+    await new Promise((r) => setTimeout(r, wait));
+    wait = Math.min(wait * 2, 30000);
+  }
+}
+
+export async function readStream(body) {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let retry = 0;
+  let message = { id: null, event: "message", data: [] };
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return retry;
+    buffer += value;
+    let end;
+    while ((end = buffer.search(/\r\n|\r|\n/)) >= 0) {
+      const line = buffer.slice(0, end);
+      buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
+      if (line === "") {
+        if (message.data.length) dispatch(message);
+        message = { id: null, event: "message", data: [] };
+        continue;
+      }
+      if (line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let text = colon < 0 ? "" : line.slice(colon + 1);
+      if (text.startsWith(" ")) text = text.slice(1);
+      if (field === "data") message.data.push(text);
+      else if (field === "event") message.event = text;
+      else if (field === "id") message.id = text;
+      else if (field === "retry" && /^\d+$/.test(text)) retry = Number(text);
+    }
+  }
+}
+
+export function dispatch(message) {
+  let event;
+  try {
+    event = JSON.parse(message.data.join("\n"));
+  } catch {
+    return;
+  }
+  if (message.id !== null) state.lastEventId = Number(message.id);
+  showEvent(event, true);
+  if (applyEvent(event)) redrawSoon();
+  if (event.type === "config_error") {
+    state.configNames = ""; // a file broke: read the configs and their errors again
+    refreshSoon();
+  }
+  refreshRow(event.workload);
+}
+
+// The event says where the workload went: its badge and the counts change at once, before
+// (and whether or not) its row is read again. Paused is shown over the machine's state.
+export function applyEvent(event) {
+  const row = state.rows.get(event.workload);
+  if (!row || !row.status || !event.state_to) return false;
+  const was = row.status.paused;
+  const paused = event.type === "paused" ? true : event.type === "resumed" ? false : was;
+  row.status = { ...row.status, paused, state: paused ? "paused" : event.state_to };
+  return true;
+}
+
+let redrawFrame = 0;
+
+export function redrawSoon() {
+  if (redrawFrame) return;
+  redrawFrame = requestAnimationFrame(() => {
+    redrawFrame = 0;
+    renderSummary(countStates());
+    arrange();
+  });
+}
+
+export function setLive(status, why = "") {
+  const live = $("live");
+  live.dataset.status = status;
+  live.textContent = status === "live" ? "live" : status === "connecting" ? "connecting…" : "disconnected";
+  live.title = why;
+}
