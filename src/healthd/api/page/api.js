@@ -2,16 +2,16 @@
 
 import { $ } from "./format.js";
 
-export const TOKEN_KEY = "healthd.token";
+const TOKEN_KEY = "healthd.token";
 
-export class ApiError extends Error {
+class ApiError extends Error {
   constructor(status, message) {
     super(message);
     this.status = status;
   }
 }
 
-export function token() {
+function token() {
   return sessionStorage.getItem(TOKEN_KEY) || "";
 }
 

@@ -21,7 +21,7 @@ export async function openDetail(name) {
 }
 
 // The workload's last results and events, read again (after an action, too).
-export async function loadDetail(name) {
+async function loadDetail(name) {
   const path = encodeURIComponent(name);
   try {
     const [history, events] = await Promise.all([
@@ -98,7 +98,7 @@ export function renderConfig() {
   ]));
 }
 
-export function detailMessage(text, error = false) {
+function detailMessage(text, error = false) {
   const msg = $("detail-msg");
   msg.textContent = text;
   msg.classList.toggle("error", error);

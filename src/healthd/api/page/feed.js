@@ -12,7 +12,7 @@ import { refreshRow, refreshSoon } from "./status.js";
 import { renderSummary } from "./summary.js";
 import { arrange } from "./table.js";
 
-export const FEED_MAX = 300;
+const FEED_MAX = 300;
 
 export function eventNode(event, fresh) {
   const who = event.workload
@@ -27,7 +27,7 @@ export function eventNode(event, fresh) {
   );
 }
 
-export function showEvent(event, fresh) {
+function showEvent(event, fresh) {
   const feed = $("feed");
   if (feed.querySelector(`li[data-event-id="${event.id}"]`)) return;
   feed.prepend(eventNode(event, fresh));
@@ -73,7 +73,7 @@ export async function follow() {
   }
 }
 
-export async function readStream(body) {
+async function readStream(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   let retry = 0;
@@ -104,7 +104,7 @@ export async function readStream(body) {
   }
 }
 
-export function dispatch(message) {
+function dispatch(message) {
   let event;
   try {
     event = JSON.parse(message.data.join("\n"));
@@ -123,7 +123,7 @@ export function dispatch(message) {
 
 // The event says where the workload went: its badge and the counts change at once, before
 // (and whether or not) its row is read again. Paused is shown over the machine's state.
-export function applyEvent(event) {
+function applyEvent(event) {
   const row = state.rows.get(event.workload);
   if (!row || !row.status || !event.state_to) return false;
   const was = row.status.paused;
@@ -134,7 +134,7 @@ export function applyEvent(event) {
 
 let redrawFrame = 0;
 
-export function redrawSoon() {
+function redrawSoon() {
   if (redrawFrame) return;
   redrawFrame = requestAnimationFrame(() => {
     redrawFrame = 0;

@@ -9,7 +9,7 @@ export const LABELS = { gave_up: "gave up", config_error: "config error" };
 
 export const $ = (id) => document.getElementById(id);
 
-export const NEVER = "0001-01-01T00:00:00Z";
+const NEVER = "0001-01-01T00:00:00Z";
 
 export function when(text) {
   if (!text || text === NEVER) return null;

@@ -43,13 +43,13 @@ export const COMPARE = {
   duration: (a, b) => duration(a) - duration(b),
 };
 
-export function severity(name) {
+function severity(name) {
   const s = state.rows.get(name).status;
   const i = SEVERITY.indexOf(s ? s.state : "starting");
   return i < 0 ? SEVERITY.length : i;
 }
 
-export function lastCheck(name) {
+function lastCheck(name) {
   const s = state.rows.get(name).status;
   return (s && when(s.last_check)) || 0;
 }
@@ -59,7 +59,7 @@ export function errorText(name) {
   return (s && s.last_error) || "";
 }
 
-export function duration(name) {
+function duration(name) {
   const s = state.rows.get(name).status;
   return (s && s.last_check_duration_seconds) || 0;
 }

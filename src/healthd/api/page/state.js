@@ -9,13 +9,11 @@ export const state = {
   filter: "",
   stateFilter: "",
   sparks: new Map(), // name -> [{ok, duration_seconds}], oldest first
-  sparkAsked: new Map(), // name -> time the history was last asked for
   about: null,
   aboutAt: 0,
   lastEventId: null,
   detail: null, // the workload in the detail view
   rowHeight: 36,
-  pendingRows: new Set(),
   configNames: "",
   configErrors: new Map(), // workload -> messages of its file's problems
 };

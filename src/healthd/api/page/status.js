@@ -9,14 +9,14 @@ import { REFRESH_MIN_MS, state } from "./state.js";
 import { renderSummary, tickUptime } from "./summary.js";
 import { arrange, fetchSparks, visibleRange } from "./table.js";
 
-export function notice(message, kind = "error") {
+function notice(message, kind = "error") {
   const box = $("notice");
   box.hidden = !message;
   box.textContent = message || "";
   box.className = kind;
 }
 
-export async function loadConfigs() {
+async function loadConfigs() {
   const got = await api("/v1/workloads");
   const configs = new Map(got.workloads.map((w) => [w.workload, w]));
   for (const [name, row] of state.rows) row.config = configs.get(name) || null;
@@ -95,7 +95,7 @@ export async function refresh() {
   refreshTimer = setTimeout(refresh, Math.max(REFRESH_MIN_MS, refreshSpent * 20));
 }
 
-export function storageProblem(storage) {
+function storageProblem(storage) {
   if (!storage || storage.ok) return "";
   const bad = storage.files.filter((f) => !f.ok).map((f) => `${f.file}: ${f.error}`);
   return `healthd cannot write its files (monitoring goes on): ${bad.join("; ")}`;
@@ -103,15 +103,16 @@ export function storageProblem(storage) {
 
 // One workload's row again, after an event about it; many at once read the whole status.
 let rowTimer = null;
+const pendingRows = new Set(); // workloads whose row is read again at the next tick
 
 export function refreshRow(name) {
   if (!name) return;
-  state.pendingRows.add(name);
+  pendingRows.add(name);
   if (rowTimer) return;
   rowTimer = setTimeout(async () => {
     rowTimer = null;
-    const names = [...state.pendingRows];
-    state.pendingRows.clear();
+    const names = [...pendingRows];
+    pendingRows.clear();
     if (names.length > 20) {
       refreshSoon();
       return;

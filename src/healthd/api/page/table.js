@@ -6,9 +6,9 @@ import { $, ago, badge, el, took } from "./format.js";
 import { COMPARE, checkText, errorText, matches, nextRestart, restarts } from "./rows.js";
 import { REFRESH_MIN_MS, state } from "./state.js";
 
-export const OVERSCAN = 8;
+const OVERSCAN = 8;
 
-export const SPARK_POINTS = 30;
+const SPARK_POINTS = 30;
 
 export function arrange() {
   const compare = COMPARE[state.sort.key];
@@ -23,7 +23,7 @@ export function arrange() {
   renderRows();
 }
 
-export function renderEmpty() {
+function renderEmpty() {
   const empty = $("empty");
   if (state.rows.size === 0) {
     empty.textContent = "No workloads are configured. Add one with `healthd add`, or put a "
@@ -60,13 +60,13 @@ export function renderRows() {
   askSparks(state.shown.slice(first, last));
 }
 
-export function spacer(height) {
+function spacer(height) {
   const td = el("td", { colspan: "8" });
   td.style.height = `${height}px`;
   return el("tr", { class: "spacer", "aria-hidden": "true" }, td);
 }
 
-export function rowNode(name, index) {
+function rowNode(name, index) {
   const row = state.rows.get(name);
   const s = row.status;
   const r = restarts(row);
@@ -87,7 +87,7 @@ export function rowNode(name, index) {
 }
 
 // A line of the last check durations, oldest left; a failure is a red dot on it.
-export function sparkline(name) {
+function sparkline(name) {
   const points = state.sparks.get(name);
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
@@ -125,32 +125,33 @@ export function sparkline(name) {
 // Durations for the rows in view, a page of names at a time; a name asked for recently
 // waits for the next refresh.
 let sparkTimer = null;
+const sparkAsked = new Map(); // name -> when its history was last asked for
 
-export function askSparks(names) {
+function askSparks(names) {
   clearTimeout(sparkTimer);
   sparkTimer = setTimeout(() => fetchSparks(names), 120);
 }
 
 export async function fetchSparks(names, force = false) {
   const now = Date.now();
-  const want = names.filter((n) => force || now - (state.sparkAsked.get(n) || 0) > REFRESH_MIN_MS);
+  const want = names.filter((n) => force || now - (sparkAsked.get(n) || 0) > REFRESH_MIN_MS);
   if (want.length === 0) return;
   for (let i = 0; i < want.length; i += 100) {
     const part = want.slice(i, i + 100);
-    part.forEach((n) => state.sparkAsked.set(n, now));
+    part.forEach((n) => sparkAsked.set(n, now));
     const query = part.map((n) => `workload=${encodeURIComponent(n)}`).join("&");
     try {
       const got = await api(`/v1/history?limit=${SPARK_POINTS}&${query}`);
       for (const h of got.histories) state.sparks.set(h.workload, h.results.slice().reverse());
     } catch {
-      part.forEach((n) => state.sparkAsked.delete(n));
+      part.forEach((n) => sparkAsked.delete(n));
       return; // the status refresh reports what is wrong
     }
   }
   redrawSparks(want);
 }
 
-export function redrawSparks(names) {
+function redrawSparks(names) {
   for (const name of names) {
     const cell = $("rows").querySelector(`tr[data-workload="${CSS.escape(name)}"] .col-spark`);
     if (cell) cell.replaceChildren(sparkline(name));
