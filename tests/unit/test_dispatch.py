@@ -27,6 +27,7 @@ from healthd.model import Event, EventType
 from healthd.sinks import DeliveryError, dispatch
 from healthd.sinks.dispatch import Dispatcher, backoff
 from healthd.sinks.notifier import Notifier
+from healthd.store import journal_commit, journal_outbox
 from healthd.store.journal import Journal, Route
 
 OK, TRANSIENT, PERMANENT, HANG = "ok", "transient", "permanent", "hang"
@@ -279,6 +280,35 @@ async def test_a_reminder_is_never_suppressed(tmp_path: Path) -> None:
         await until("reminded", lambda: len(s.sink.delivered) == 2)
         assert s.sink.delivered == [(first, False), (first, True)]
         assert [r["reminder"] for r in s.rows()] == [0, 1]
+
+
+class ClockSetBackAfter:
+    """The ``time`` module as a module sees it that wrote its rows an hour ahead of now: the
+    wall clock was set back an hour just after."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def time(self) -> float:
+        return time.time() + 3600
+
+
+async def test_a_wall_clock_set_back_does_not_hold_new_deliveries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events and a reminder written just before the clock went back an hour are due at once,
+    not after a backoff (nor an hour): each was written to go when it was written."""
+    monkeypatch.setattr(journal_commit, "time", ClockSetBackAfter())
+    monkeypatch.setattr(journal_outbox, "time", ClockSetBackAfter())
+    async with dispatching(tmp_path) as s:
+        started = time.monotonic()
+        first, second = s.publish(), s.publish(EventType.HEALTHY)
+        await until("both delivered", lambda: delivered_ids(s) == [first, second], timeout=3.0)
+        assert all(r["next_at"] > time.time() + 3000 for r in s.rows())
+        await s.journal.call(s.journal.add_reminder, "s", first)
+        s.dispatcher.wake.set()
+        await until("reminded", lambda: len(s.sink.delivered) == 3, timeout=3.0)
+        assert time.monotonic() - started < 3.0
 
 
 async def test_a_delivery_cut_by_the_deadline_is_retried(tmp_path: Path) -> None:

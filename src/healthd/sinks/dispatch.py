@@ -89,9 +89,13 @@ class Dispatcher:
                     break  # to be retried first: the events after it wait, in order
 
     def _wait(self, d: Delivery) -> float:
-        """Seconds before ``d`` may be tried. A retry scheduled by this run waits on the
-        monotonic clock: a wall clock set back an hour must not put it off an hour. One left
-        by an earlier run has only its wall-clock time, and waits no longer than a backoff."""
+        """Seconds before ``d`` may be tried. One never tried is due since it was written: its
+        ``next_at`` is the wall clock of that instant, and a clock set back an hour just after
+        must not hold it (and, in order, every delivery after it) back. A retry scheduled by
+        this run waits on the monotonic clock, for the same reason. One left by an earlier run
+        has only its wall-clock time, and waits no longer than a backoff."""
+        if d.attempts == 0:
+            return 0.0
         at = self._retry_at.get(d.id)
         if at is not None:
             return at - time.monotonic()
