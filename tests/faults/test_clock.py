@@ -125,10 +125,15 @@ def test_wall_clock_jumps_leave_schedules_deadlines_and_restart_delays_alone(
         return (last - datetime.now(UTC)).total_seconds()
 
     jumps: list[tuple[float, int]] = []
+    uptimes: list[float] = []
     for offset in (0, HOUR, 0):  # forward an hour, then back an hour
         set_offset(offset_file, offset)
         jumps.append((uptime(), offset))
         time.sleep(PHASE)
+        # the status page's uptime is the daemon's own: it grows by the time that passed,
+        # not by the hour the wall clock jumped, and the jump back does not take it to 0
+        uptimes.append(float(api.get("/v1/status")["daemon"]["uptime_seconds"]))
+        assert len(uptimes) == 1 or 0.8 * PHASE < uptimes[-1] - uptimes[-2] < 3 * PHASE, uptimes
         # flap changes state every check: statuses.json is rewritten many times a second.
         seen = wall_offset_seen()
         assert abs(seen - offset) < SKEW, (

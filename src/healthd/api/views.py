@@ -89,7 +89,7 @@ def about(daemon: Daemon) -> dict[str, Any]:
         "host": _HOST,
         "version": __version__,
         "started_at": health["started_at"],
-        "uptime_seconds": round(max(0.0, time.time() - daemon.started_at.timestamp()), 3),
+        "uptime_seconds": round(time.monotonic() - daemon.started_monotonic, 3),
         "status": health["status"],
         "on_time": ok,
         "overdue_seconds": health["scheduler"]["overdue_seconds"],

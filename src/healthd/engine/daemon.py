@@ -21,6 +21,7 @@ import gc
 import os
 import resource
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -98,6 +99,8 @@ class Daemon:
         )
         self.started = asyncio.Event()  # set once every workload is scheduled
         self.started_at = datetime.now(UTC)
+        # uptime is measured on this clock: a wall clock set back must not shorten it
+        self.started_monotonic = time.monotonic()
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self.writer = StatusWriter(
