@@ -12,25 +12,21 @@ import contextlib
 import functools
 import re
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from healthd import durations
-from healthd.api import ui, views
+from healthd.api import params, ui, views
 from healthd.api.auth import OPEN_PATHS, Authorizer
 from healthd.api.messages import HttpError, Request, Response, json_response
-from healthd.api.openapi import SINCE_DURATION
 from healthd.api.openapi import document as openapi_document
 from healthd.api.stream import KEEPALIVE, EventStream
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import HISTORY_SIZE
 from healthd.engine.runner import WorkloadRunner
-from healthd.errors import DurationError, NotMonitored, UnknownWorkload
-from healthd.model import Event, EventType
+from healthd.errors import NotMonitored, UnknownWorkload
+from healthd.model import Event
 from healthd.store.journal import JournalError, event_json
 
 if TYPE_CHECKING:
@@ -41,16 +37,8 @@ MAX_REASON = 500  # characters of a pause reason
 # A "check now" waits at most this long beyond the workload's own timeout (an exec check may
 # first wait for a slot when the host is overloaded).
 CHECK_GRACE = 30.0
-_DIGITS = re.compile(r"[0-9]{1,9}")
-_ID_DIGITS = re.compile(r"[0-9]{1,19}")
-MAX_ID = 2**63 - 1  # SQLite's largest integer
 EVENTS_LIMIT, EVENTS_MAX = 100, 1000
 HISTORIES_MAX = 200  # workloads in one GET /v1/history: a page's visible rows, and then some
-_TYPES = frozenset(t.value for t in EventType)
-_RFC3339 = re.compile(
-    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?"
-    r"(?:([Zz])|([+-][0-9]{2}:[0-9]{2}))"
-)
 T = TypeVar("T")
 
 
@@ -174,7 +162,7 @@ class Api:
     async def history(self, request: Request, name: str) -> Response:
         if name not in self.daemon.statuses:
             raise _unknown(name)
-        limit = _int_param(request, "limit", HISTORY_SIZE, 1, HISTORY_SIZE)
+        limit = params.int_param(request, "limit", HISTORY_SIZE, 1, HISTORY_SIZE)
         return json_response(200, views.history(self.daemon, name, limit))
 
     async def histories(self, request: Request, _: str) -> Response:
@@ -183,19 +171,19 @@ class Api:
             raise HttpError(
                 400, f"name from 1 to {HISTORIES_MAX} workloads, each as ?workload=NAME"
             )
-        limit = _int_param(request, "limit", HISTORY_SIZE, 1, HISTORY_SIZE)
+        limit = params.int_param(request, "limit", HISTORY_SIZE, 1, HISTORY_SIZE)
         return json_response(200, views.histories(self.daemon, names, limit))
 
     # -- events ---------------------------------------------------------------------------
 
     async def events(self, request: Request, _: str) -> Response:
         notifier = self._notifier()
-        after = _id_param(request, "after_id")
-        limit = _int_param(request, "limit", EVENTS_LIMIT, 1, EVENTS_MAX)
-        workload = _last(request, "workload")
-        types = _types_param(request)
-        since = _since_param(request)
-        newest = _order_param(request) == "newest"
+        after = params.id_param(request, "after_id")
+        limit = params.int_param(request, "limit", EVENTS_LIMIT, 1, EVENTS_MAX)
+        workload = params.last(request, "workload")
+        types = params.types_param(request)
+        since = params.since_param(request)
+        newest = params.order_param(request) == "newest"
         journal = notifier.journal
         scanned_to = journal.committed_id  # the query below reads at least this far
         found = await self._read(
@@ -221,14 +209,14 @@ class Api:
         after: int | None = None
         header = request.headers.get("last-event-id", "").strip()
         if header:
-            after = _id_value("Last-Event-ID", header)
+            after = params.id_value("Last-Event-ID", header)
         elif request.query.get("after_id"):
-            after = _id_param(request, "after_id")
+            after = params.id_param(request, "after_id")
         stream = EventStream(
             notifier.journal,
             after,
-            workload=_last(request, "workload"),
-            types=_types_param(request),
+            workload=params.last(request, "workload"),
+            types=params.types_param(request),
             keepalive=self.stream_keepalive,
         )
         return Response(
@@ -262,7 +250,7 @@ class Api:
     # -- acting ---------------------------------------------------------------------------
 
     async def check(self, request: Request, name: str) -> Response:
-        _object_body(request, set())
+        params.object_body(request, set())
         runner = self._runner(name)
         deadline = runner.cfg.timeout + CHECK_GRACE
         try:
@@ -275,7 +263,7 @@ class Api:
         return json_response(200, views.check_result(self.daemon, name, result))
 
     async def pause(self, request: Request, name: str) -> Response:
-        body = _object_body(request, {"reason"})
+        body = params.object_body(request, {"reason"})
         reason = body.get("reason", "")
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise HttpError(400, f"reason must be a string of at most {MAX_REASON} characters")
@@ -284,19 +272,19 @@ class Api:
         return json_response(200, views.status_entry(self.daemon, status))
 
     async def resume(self, request: Request, name: str) -> Response:
-        _object_body(request, set())
+        params.object_body(request, set())
         self._runner(name)
         status = self.daemon.resume(name)
         return json_response(200, views.status_entry(self.daemon, status))
 
     async def reset(self, request: Request, name: str) -> Response:
-        _object_body(request, set())
+        params.object_body(request, set())
         self._runner(name)
         status = self.daemon.operations.reset(name)
         return json_response(200, views.status_entry(self.daemon, status))
 
     async def reload(self, request: Request, _: str) -> Response:
-        _object_body(request, set())
+        params.object_body(request, set())
         if self.daemon.stopping:
             raise HttpError(503, "healthd is stopping")
         report = await self.daemon.reload()
@@ -315,89 +303,3 @@ class Api:
 
 def _unknown(name: str) -> HttpError:
     return HttpError(404, f"no workload named {name!r}")
-
-
-def _int_param(request: Request, key: str, default: int, low: int, high: int) -> int:
-    values = request.query.get(key)
-    if not values:
-        return default
-    text = values[-1]
-    # ASCII digits only, and few of them: str.isdigit() also takes "²" (int() refuses it) and
-    # int() refuses more than 4300 digits; either would be a 500 instead of a 400.
-    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
-        raise HttpError(400, f"{key} must be a whole number from {low} to {high}, not {text!r}")
-    return int(text)
-
-
-def _last(request: Request, key: str) -> str | None:
-    values = request.query.get(key)
-    return values[-1] if values else None
-
-
-def _id_value(key: str, text: str) -> int:
-    if not _ID_DIGITS.fullmatch(text) or int(text) > MAX_ID:
-        raise HttpError(400, f"{key} must be an event id, a whole number from 0, not {text!r}")
-    return int(text)
-
-
-def _id_param(request: Request, key: str) -> int:
-    text = _last(request, key)
-    return 0 if text is None else _id_value(key, text)
-
-
-def _types_param(request: Request) -> tuple[str, ...]:
-    """``type`` given again and again, or comma-separated, or both."""
-    names = [n for value in request.query.get("type", []) for n in value.split(",")]
-    unknown = sorted({n for n in names if n not in _TYPES})
-    if unknown:
-        raise HttpError(
-            400,
-            f"unknown event type(s) {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(sorted(_TYPES))})",
-        )
-    return tuple(dict.fromkeys(names))
-
-
-def _order_param(request: Request) -> str:
-    order = _last(request, "order") or "oldest"
-    if order not in ("oldest", "newest"):
-        raise HttpError(400, f"order must be oldest or newest, not {order!r}")
-    return order
-
-
-def _since_param(request: Request) -> float | None:
-    """Unix time from ``since``: a Go duration back from now (1h, 30m, 1h30m) or an RFC 3339
-    time; exactly the syntax the OpenAPI document gives, so that what it allows is accepted."""
-    text = _last(request, "since")
-    if text is None:
-        return None
-    try:
-        if re.fullmatch(SINCE_DURATION, text):
-            return time.time() - durations.parse_seconds(text)
-        stamp = _RFC3339.fullmatch(text)
-        if stamp is not None:
-            day, clock, fraction, _z, offset = stamp.groups()
-            micros = f".{fraction[:6]}" if fraction else ""
-            return datetime.fromisoformat(f"{day}T{clock}{micros}{offset or '+00:00'}").timestamp()
-    except (DurationError, ValueError, OverflowError):
-        pass
-    raise HttpError(
-        400,
-        f"since must be a duration back from now (like 1h or 30m) or an RFC 3339 time "
-        f"(like 2024-05-01T12:00:00Z), not {text!r}",
-    )
-
-
-def _object_body(request: Request, allowed: set[str]) -> dict[str, Any]:
-    """The JSON body: none at all, or an object with only ``allowed`` keys. ``null`` or bare
-    whitespace is a body, and not an object."""
-    if not request.body:
-        return {}
-    body = request.json()
-    if not isinstance(body, dict):
-        raise HttpError(400, "the request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        known = ", ".join(sorted(allowed)) or "none"
-        raise HttpError(400, f"unknown field(s) {', '.join(unknown)} (known: {known})")
-    return body
