@@ -130,6 +130,7 @@ def test_status_lists_every_workload_with_its_saved_and_live_fields(
     assert set(body) == {"counts", "workloads", "storage", "daemon"}
     about = body["daemon"]
     assert about["host"] == socket.gethostname()
+    assert {e["host"] for e in client.get("/v1/events")["events"]} == {about["host"]}
     assert about["status"] == "ok"
     assert about["on_time"] is True
     assert 0 < about["uptime_seconds"] < 60

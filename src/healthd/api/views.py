@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import time
 from collections.abc import Mapping
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 # The daemon is "stalled" when the earliest check is this late and its timer still has not
 # fired: the loop runs (it answered) but the scheduler does not.
 STALL_SECONDS = 5.0
-_HOST = socket.gethostname()
 
 
 def status_entry(daemon: Daemon, status: WorkloadStatus) -> dict[str, Any]:
@@ -81,12 +81,18 @@ def all_statuses(daemon: Daemon) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _host() -> str:
+    return socket.gethostname()
+
+
 def about(daemon: Daemon) -> dict[str, Any]:
     """Which daemon answers, since when, and whether its checks run on time (the status
     page's header)."""
     ok, health = daemon_health(daemon, asyncio.get_running_loop().time())
     return {
-        "host": _HOST,
+        # the name events carry, read once by the journal; its own reading without one
+        "host": daemon.notifier.journal.host if daemon.notifier else _host(),
         "version": __version__,
         "started_at": health["started_at"],
         "uptime_seconds": round(time.monotonic() - daemon.started_monotonic, 3),
