@@ -19,7 +19,15 @@ from pathlib import Path
 
 from playwright.sync_api import Locator, Page, expect
 
-from integration.harness import DaemonProc, Services, free_port, with_token, write
+from integration.harness import (
+    DaemonProc,
+    Services,
+    connect,
+    free_port,
+    wait_for,
+    with_token,
+    write,
+)
 
 from .conftest import Browser
 
@@ -136,6 +144,46 @@ def test_a_restarted_workload_comes_back_healthy_on_the_page(
     expect(row(page, "api").locator("td.col-restarts")).to_have_text(re.compile(r"^1 / "))
     # the sparkline marks the failed checks
     expect(row(page, "api").locator("svg.spark circle").first).to_be_attached(timeout=SOON)
+    assert_not_reloaded(page)
+
+
+def test_the_feed_can_hide_check_failures(browser: Browser, daemon: DaemonProc) -> None:
+    """A workload failing 50 checks a second: its check failures neither push its unhealthy
+    event out of the feed nor, once hidden, bury it; a page opened later remembers the choice
+    and still shows the event, though a hundred newer check failures came after it."""
+    write(daemon, "noisy", "tcp", host="127.0.0.1", port=free_port(), retries=1, interval=0.02,
+          auto_restart=False)  # fmt: skip
+    daemon.start()
+    page = browser.open(daemon.api_url() + "/")
+    mark_loaded(page)
+    feed = page.locator("#feed")
+    checks = feed.locator('li[data-type="check_fail"]')
+    unhealthy = feed.locator('li[data-type="unhealthy"][data-workload="noisy"]')
+    expect(unhealthy).to_be_visible(timeout=SOON)
+    expect(checks.first).to_be_visible()
+
+    page.locator("#feed-checks").uncheck()
+    expect(feed.locator('li[data-type="check_fail"]:visible')).to_have_count(0)
+    expect(unhealthy).to_be_visible()
+
+    client = connect(daemon)
+    wait_for(
+        "350 check failures",
+        lambda: len(client.get("/v1/events?type=check_fail&limit=1000")["events"]) > 350,
+        timeout=30,
+    )
+    expect(checks).to_have_count(300, timeout=SOON)  # the feed keeps the latest 300 of them
+    expect(unhealthy).to_have_count(1)  # and the state changes apart
+    expect(feed.locator('li[data-type="daemon_started"]')).to_have_count(1)
+
+    later = browser.open(daemon.api_url() + "/")
+    expect(later.locator("#feed-checks")).not_to_be_checked()
+    again = later.locator('#feed li[data-type="unhealthy"][data-workload="noisy"]')
+    expect(again).to_be_visible(timeout=SOON)
+    expect(later.locator('#feed li[data-type="check_fail"]').first).to_be_attached()
+    expect(later.locator('#feed li[data-type="check_fail"]:visible')).to_have_count(0)
+    later.locator("#feed-checks").check()
+    expect(later.locator('#feed li[data-type="check_fail"]').first).to_be_visible()
     assert_not_reloaded(page)
 
 

@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from healthd.api import ui
+from healthd.model import EventType
 
 from .harness import DaemonProc, Services, connect, wait_for, write
 
@@ -79,6 +80,15 @@ def test_every_page_file_is_packaged() -> None:
         if any(fnmatch(f"page/{p.name}", g) for g in globs)
     )
     assert shipped == sorted([ui.PAGE, *ui.ASSETS])
+
+
+def test_the_feed_knows_every_event_type() -> None:
+    """The feed asks for "every type but check_fail" by name: a type the daemon gained and
+    the page did not would never be shown while check failures are hidden."""
+    feed = (ROOT / "src/healthd/api/page/feed.js").read_text()
+    listed = re.search(r"const EVENT_TYPES = \[(.*?)\];", feed, re.S)
+    assert listed, "feed.js lists EVENT_TYPES"
+    assert re.findall(r'"([a-z_]+)"', listed.group(1)) == [t.value for t in EventType]
 
 
 def test_several_histories_at_once(daemon: DaemonProc, services: Services) -> None:

@@ -13,7 +13,7 @@
 //               text, never markup)
 
 import { act, openDetail } from "./detail.js";
-import { follow, loadRecentEvents, setLive } from "./feed.js";
+import { follow, loadRecentEvents, setLive, wireFeedFilter } from "./feed.js";
 import { $, LABELS, SEVERITY, ago, el } from "./format.js";
 import { state } from "./state.js";
 import { refresh } from "./status.js";
@@ -83,6 +83,7 @@ function wire() {
 
 async function start() {
   wire();
+  wireFeedFilter();
   const probe = el("tr", {}, el("td", { text: "x" }));
   $("rows").append(probe);
   state.rowHeight = probe.getBoundingClientRect().height || state.rowHeight;

@@ -12,7 +12,18 @@ import { refreshRow, refreshSoon } from "./status.js";
 import { renderSummary } from "./summary.js";
 import { arrange } from "./table.js";
 
-const FEED_MAX = 300;
+const FEED_MAX = 300; // of check failures, and as many of every other event
+
+// Every event type but check_fail, asked for by name: a failing workload's checks would
+// otherwise fill the latest events and hide the state changes. Kept equal to the daemon's
+// list by tests/integration/test_api_page.py.
+const EVENT_TYPES = [
+  "healthy", "unhealthy", "restart", "check_fail", "restart_failed", "restart_exhausted",
+  "paused", "resumed", "config_error", "daemon_started", "daemon_stopping", "cert_expiring",
+  "restart_held", "flapping", "flapping_stopped", "reset",
+];
+const NOT_CHECKS = EVENT_TYPES.filter((t) => t !== "check_fail");
+const SHOW_CHECKS_KEY = "healthd.feed.checks";
 
 export function eventNode(event, fresh) {
   const who = event.workload
@@ -27,21 +38,57 @@ export function eventNode(event, fresh) {
   );
 }
 
+// Newest first, by id: events loaded after the stream started still go where they belong.
 function showEvent(event, fresh) {
   const feed = $("feed");
   if (feed.querySelector(`li[data-event-id="${event.id}"]`)) return;
-  feed.prepend(eventNode(event, fresh));
-  while (feed.childElementCount > FEED_MAX) feed.lastElementChild.remove();
-  $("feed-empty").hidden = true;
-  if (state.detail && event.workload === state.detail) {
+  const node = eventNode(event, fresh);
+  const older = [...feed.children].find((li) => Number(li.dataset.eventId) < event.id);
+  feed.insertBefore(node, older || null);
+  // Check failures and the rest are kept apart: a flood of one does not push out the other.
+  const checks = event.type === "check_fail";
+  const kin = [...feed.children].filter((li) => (li.dataset.type === "check_fail") === checks);
+  for (const li of kin.slice(FEED_MAX)) li.remove();
+  showFeedEmpty();
+  if (fresh && state.detail && event.workload === state.detail) {
     $("detail-events").prepend(eventNode(event, false));
   }
 }
 
+function showFeedEmpty() {
+  const feed = $("feed");
+  const hiding = feed.dataset.hideChecks === "true";
+  const shown = hiding ? feed.querySelector('li:not([data-type="check_fail"])') : feed.firstElementChild;
+  const empty = $("feed-empty");
+  empty.hidden = Boolean(shown);
+  empty.textContent = hiding && feed.firstElementChild ? "No events but check failures (hidden)." : "No events yet.";
+}
+
+// The "check failures" box: remembered in this browser, since it is a way of reading.
+export function wireFeedFilter() {
+  const box = $("feed-checks");
+  box.checked = localStorage.getItem(SHOW_CHECKS_KEY) !== "hide";
+  const apply = () => {
+    $("feed").dataset.hideChecks = String(!box.checked);
+    showFeedEmpty();
+  };
+  box.addEventListener("change", () => {
+    localStorage.setItem(SHOW_CHECKS_KEY, box.checked ? "show" : "hide");
+    apply();
+  });
+  apply();
+}
+
+// The latest events of every type and, apart, of every type but check_fail. The stream
+// resumes from the lower of the two ends, so nothing falls between them; what both hold is
+// shown once.
 export async function loadRecentEvents() {
-  const got = await api("/v1/events?order=newest&limit=100");
-  for (const event of got.events) showEvent(event, false);
-  state.lastEventId = got.last_id;
+  const [all, changes] = await Promise.all([
+    api("/v1/events?order=newest&limit=100"),
+    api(`/v1/events?order=newest&limit=100&type=${NOT_CHECKS.join(",")}`),
+  ]);
+  for (const event of [...all.events, ...changes.events]) showEvent(event, false);
+  state.lastEventId = Math.min(all.last_id, changes.last_id);
 }
 
 // The SSE stream, parsed by hand (see the top of this file for why not EventSource).
