@@ -179,11 +179,11 @@ def start_with_canary(daemon: DaemonProc, *extra: str) -> ApiClient:
     return connect(daemon)
 
 
-def canary_keeps_going(client: ApiClient, checks: int = 5) -> None:
-    """The healthy workload goes on being checked, and healthy, while the fault lasts."""
-    before = client.get(f"/v1/status/{CANARY}")
+def canary_keeps_going(client: ApiClient, checks: int = 5, workload: str = CANARY) -> None:
+    """The healthy ``workload`` goes on being checked, and healthy, while the fault lasts."""
+    before = client.get(f"/v1/status/{workload}")
     now = before["total_checks"]
-    status = client.wait_status(CANARY, lambda s: s["total_checks"] >= now + checks)
+    status = client.wait_status(workload, lambda s: s["total_checks"] >= now + checks)
     assert status["state"] == "healthy", status
     # (its very first check may have come before the API listened)
     assert status["total_fails"] == before["total_fails"], status
