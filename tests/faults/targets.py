@@ -119,10 +119,12 @@ class Hostile:
         return self
 
     def _accept(self) -> None:
-        assert self._listener is not None
         while not self._stop.is_set():
+            listener = self._listener
+            if listener is None:
+                return
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -138,6 +140,17 @@ class Hostile:
             self.handler(conn)
         with contextlib.suppress(OSError):
             conn.sock.close()
+
+    def close_listener(self) -> None:
+        """Stop accepting, for good, while the connections already accepted go on being
+        served: a server out of descriptors, or whose acceptor thread died."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            # shutdown first: the accept thread's poll holds the socket open for up to 0.1 s
+            # after close(); shutdown stops a listening socket at once
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
 
     def stop(self) -> None:
         self._stop.set()

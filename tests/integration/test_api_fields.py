@@ -81,6 +81,7 @@ def write_files(daemon: DaemonProc, tmp_path: Path, web_port: int) -> None:
             expected_status: [200, "200-299"]
             body_contains: ok
             follow_redirects: true
+            keep_alive: true
             restart_command: ["true"]
             auto_restart: true
             max_restarts: 3

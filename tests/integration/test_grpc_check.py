@@ -30,10 +30,22 @@ from .harness import PY, DaemonProc, connect, free_port, write
 Status = health_pb2.HealthCheckResponse
 
 
+class PeerRecordingServicer(health.HealthServicer):  # type: ignore[misc]
+    """The health service, noting the client address (its port: its connection) of each call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.peers: list[str] = []
+
+    def Check(self, request: object, context: grpc.ServicerContext) -> object:
+        self.peers.append(context.peer())
+        return super().Check(request, context)
+
+
 @dataclass
 class HealthServer:
     port: int
-    health: health.HealthServicer
+    health: PeerRecordingServicer
     server: grpc.Server
 
     def stop(self) -> None:
@@ -49,7 +61,7 @@ def serving(
 ) -> Iterator[HealthServer]:
     """A gRPC server on 127.0.0.1 whose health service says SERVING for the whole server."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    servicer = health.HealthServicer()
+    servicer = PeerRecordingServicer()
     if with_health:
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     address = f"127.0.0.1:{port}"
@@ -76,6 +88,7 @@ def grpc_cfg(
     ca_file: str | None = None,
     client_cert: str | None = None,
     client_key: str | None = None,
+    keep_alive: bool | None = None,
 ) -> WorkloadConfig:
     return WorkloadConfig(
         workload="w",
@@ -87,6 +100,7 @@ def grpc_cfg(
         ca_file=ca_file,
         client_cert=client_cert,
         client_key=client_key,
+        keep_alive=keep_alive,
     )
 
 
@@ -170,9 +184,28 @@ async def test_a_server_without_the_health_service() -> None:
 # -- the connection -------------------------------------------------------------------------------
 
 
-async def test_one_connection_is_kept_across_checks() -> None:
+async def test_each_check_has_a_connection_of_its_own_by_default() -> None:
     with serving() as srv:
         probe = GrpcProbe(grpc_cfg(srv.port))
+        try:
+            results = []
+            for _ in range(4):
+                results.append(await check(probe))
+                for _ in range(50):  # the close runs on the loop, right after the result
+                    if established_to(srv.port) == 0:
+                        break
+                    await asyncio.sleep(0.02)
+                assert established_to(srv.port) == 0
+        finally:
+            probe.close()
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert len(srv.health.peers) == 4
+    assert len(set(srv.health.peers)) == 4, srv.health.peers  # four client ports
+
+
+async def test_one_connection_is_kept_across_checks_with_keep_alive() -> None:
+    with serving() as srv:
+        probe = GrpcProbe(grpc_cfg(srv.port, keep_alive=True))
         try:
             results = [await check(probe) for _ in range(5)]
             srv.health.set("", Status.NOT_SERVING)  # an answer too: the connection stays
@@ -183,6 +216,7 @@ async def test_one_connection_is_kept_across_checks() -> None:
         await asyncio.sleep(0.1)  # the close runs on the loop
         assert established_to(srv.port) == 0
     assert [r.ok for r in results] == [True] * 5 + [False]
+    assert len(set(srv.health.peers)) == 1, srv.health.peers
 
 
 async def test_server_down_then_back_on_the_same_port() -> None:

@@ -1,4 +1,5 @@
-"""HttpProbe keeps its connection between checks, and recovers when the server drops it.
+"""HttpProbe with ``keep_alive: true`` keeps its connection between checks, and recovers when
+the server drops it; by default every check has a connection of its own.
 
 Each test runs an asyncio HTTP server of its own on loopback that counts the connections it
 accepts and the requests it reads, and answers each connection as the test scripts it.
@@ -98,8 +99,17 @@ async def keep_answering(conn: Conn) -> None:
         await conn.answer()
 
 
-def http_cfg(port: int, *, interval: float = 1.0, timeout: float = 5.0) -> WorkloadConfig:
-    cfg = WorkloadConfig(workload="w", type="http", port=port, interval=interval, timeout=timeout)
+def http_cfg(
+    port: int, *, interval: float = 1.0, timeout: float = 5.0, keep_alive: bool | None = True
+) -> WorkloadConfig:
+    cfg = WorkloadConfig(
+        workload="w",
+        type="http",
+        port=port,
+        interval=interval,
+        timeout=timeout,
+        keep_alive=keep_alive,
+    )
     return cfg.with_defaults()
 
 
@@ -125,7 +135,30 @@ def closed_count(srv: Server, n: int) -> Callable[[], bool]:
     return lambda: len(srv.closed) == n
 
 
-# -- reuse ----------------------------------------------------------------------------------------
+# -- the default: a connection per check ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep_alive", [None, False])
+async def test_by_default_each_check_opens_a_connection_and_asks_to_close_it(
+    keep_alive: bool | None,
+) -> None:
+    async with http_server(keep_answering) as srv:
+        probe = HttpProbe(http_cfg(srv.port, keep_alive=keep_alive))
+        try:
+            for n in range(1, 4):
+                result = await check(probe)
+                assert result.ok, result.error
+                # closed by the probe once the answer is in, not at the next check
+                await until(f"connection {n} to end", closed_count(srv, n))
+        finally:
+            probe.close()
+    assert srv.accepts == 3
+    assert srv.connections_used == [1, 2, 3]
+    for _, head in srv.requests:
+        assert b"\r\nConnection: close\r\n" in head
+
+
+# -- reuse (keep_alive: true) ----------------------------------------------------------------------
 
 
 async def test_checks_reuse_one_connection() -> None:

@@ -451,14 +451,27 @@ async def test_an_asyncio_server_refusing_the_handshake_silently_gets_a_hint(pki
     )
 
 
-async def test_https_keeps_its_connection_between_checks(pki: Pki) -> None:
+async def test_https_keeps_its_connection_between_checks_with_keep_alive(pki: Pki) -> None:
+    async with site({"/healthz": response()}, tls_context=pki.server_context()) as srv:
+        results = await checks_on_one_probe(
+            cfg_for(srv.port, scheme="https", ca_file=pki.ca_file, interval=1.0, keep_alive=True),
+            4,
+        )
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert srv.accepts == 1
+    assert [s.connection for s in srv.seen] == [1, 1, 1, 1]
+    assert all(r.cert_not_after is not None for r in results)
+
+
+async def test_https_makes_a_connection_and_handshake_per_check_by_default(pki: Pki) -> None:
     async with site({"/healthz": response()}, tls_context=pki.server_context()) as srv:
         results = await checks_on_one_probe(
             cfg_for(srv.port, scheme="https", ca_file=pki.ca_file, interval=1.0), 4
         )
     assert all(r.ok for r in results), [r.error for r in results]
-    assert srv.accepts == 1
-    assert [s.connection for s in srv.seen] == [1, 1, 1, 1]
+    assert srv.accepts == 4
+    assert [s.connection for s in srv.seen] == [1, 2, 3, 4]
+    assert all(s.headers["connection"] == "close" for s in srv.seen)
     assert all(r.cert_not_after is not None for r in results)
 
 
@@ -579,7 +592,9 @@ async def test_head_ends_at_the_headers_and_keeps_the_connection() -> None:
     # a HEAD answer announces the length of the body it does not send
     head_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
     async with site({"/healthz": head_answer}) as srv:
-        results = await checks_on_one_probe(cfg_for(srv.port, method="HEAD", interval=1.0), 3)
+        results = await checks_on_one_probe(
+            cfg_for(srv.port, method="HEAD", interval=1.0, keep_alive=True), 3
+        )
     assert all(r.ok for r in results), [r.error for r in results]
     assert [(s.method, s.connection) for s in srv.seen] == [("HEAD", 1)] * 3
     assert all(r.duration < 2.0 for r in results)  # never waited for the announced body
@@ -709,7 +724,14 @@ async def test_a_body_cut_by_a_reset_fails_when_a_matcher_wants_it() -> None:
 # == redirects ===================================================================================
 
 
-async def test_redirects_on_the_same_host_are_followed() -> None:
+@pytest.mark.parametrize(
+    ("keep_alive", "connections"),
+    [(True, [1] * 6), (None, [1, 2, 3, 4, 5, 6])],
+    ids=["on-the-kept-connection", "a-connection-per-request"],
+)
+async def test_redirects_on_the_same_host_are_followed(
+    keep_alive: bool | None, connections: list[int]
+) -> None:
     routes: dict[str, Route] = {
         "/healthz": response(301, b"", "Location: /step"),
         "/step": response(302, b"moved", "Location: /final?x=1"),
@@ -719,12 +741,17 @@ async def test_redirects_on_the_same_host_are_followed() -> None:
         routes["/step"] = response(
             302, b"moved", f"Location: http://127.0.0.1:{srv.port}/final?x=1"
         )
-        results = await checks_on_one_probe(
-            cfg_for(srv.port, follow_redirects=True, body_contains="arrived", interval=1.0), 2
+        cfg = cfg_for(
+            srv.port,
+            follow_redirects=True,
+            body_contains="arrived",
+            interval=1.0,
+            keep_alive=keep_alive,
         )
+        results = await checks_on_one_probe(cfg, 2)
     assert all(r.ok for r in results), [r.error for r in results]
     assert srv.paths() == ["/healthz", "/step", "/final?x=1"] * 2  # each check from the start
-    assert {s.connection for s in srv.seen} == {1}  # on the kept connection
+    assert [s.connection for s in srv.seen] == connections
 
 
 async def test_redirect_to_another_host_or_port_is_refused() -> None:

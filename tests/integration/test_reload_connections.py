@@ -1,4 +1,4 @@
-"""A reload that replaces a workload releases what its old probe kept open.
+"""A reload that replaces a workload releases what its old probe kept open (``keep_alive``).
 
 The server keeps every connection open for as long as the client does, and counts the ones
 still open: each reload that changes the workload must leave one open connection, not one more.
@@ -60,11 +60,13 @@ def test_reloads_that_change_a_workload_do_not_pile_up_kept_connections(
     server = KeepAliveServer()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        write(daemon, "web", "http", host="127.0.0.1", port=server.port, target="/a")
+        write(daemon, "web", "http", host="127.0.0.1", port=server.port, target="/a",
+              keep_alive=True)  # fmt: skip
         daemon.start("--no-watch")
         wait_for("the first check", lambda: (daemon.status("web") or {}).get("total_checks"))
         for n in range(5):
-            write(daemon, "web", "http", host="127.0.0.1", port=server.port, target=f"/r{n}")
+            write(daemon, "web", "http", host="127.0.0.1", port=server.port, target=f"/r{n}",
+                  keep_alive=True)  # fmt: skip
             accepted = server.accepted
             os.kill(daemon.pid, signal.SIGHUP)
 

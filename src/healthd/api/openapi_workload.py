@@ -83,6 +83,9 @@ WORKLOAD: dict[str, Any] = obj(
         "ca_file": _only("https and grpc", _PATH, "PEM CA certificates"),
         "client_cert": _only("https and grpc", _PATH, "PEM client certificate"),
         "client_key": _only("https and grpc", _PATH, "PEM private key of client_cert"),
+        "keep_alive": _only(
+            "http and grpc", _BOOL, "keep the connection between checks (default: one per check)"
+        ),
         # -- tcp --
         "send": _only("tcp", _TEXT, "written once connected"),
         "expect": _only("tcp", _TEXT, "a substring the peer must send"),

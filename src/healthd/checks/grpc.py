@@ -12,10 +12,12 @@ the daemon's loop (uvloop) through grpc.aio, whose completion queue is polled by
 that wakes the loop through a socket; channels are made inside a check, so on the loop that
 runs them.
 
-Each workload keeps one channel (one HTTP/2 connection) across checks, as http keeps its
-connection. A check answered by the health service keeps it; any other failure (nothing
-listening, TLS, the deadline) closes it, so the next check connects afresh instead of waiting
-out grpc's reconnect backoff (up to two minutes) while the server is already back.
+Every check makes a channel of its own (a new HTTP/2 connection, and TLS handshake) and closes
+it when the answer is in, as http does: what a check reports is what the next new client gets.
+With ``keep_alive: true`` the workload keeps one channel across checks instead: a check
+answered by the health service keeps it; any other failure (nothing listening, TLS, the
+deadline) closes it, so the next check connects afresh instead of waiting out grpc's reconnect
+backoff (up to two minutes) while the server is already back.
 """
 
 from __future__ import annotations
@@ -109,6 +111,11 @@ class GrpcProbe(Probe):
     def close(self) -> None:
         super().close()
         self._drop_channel()
+
+    def _finish(self, ok: bool, error: str = "") -> None:
+        super()._finish(ok, error)
+        if not self.cfg.keep_alive:
+            self._drop_channel()
 
     # -- Probe ----------------------------------------------------------------------------
 

@@ -5,12 +5,19 @@ session objects. Headers are capped at 64 KiB and the body read at 10 KiB. The s
 (200-399): a body that is cut by a reset or stalls past the deadline after the headers came
 does not change it.
 
-Each workload keeps its HTTP/1.1 connection open between checks when the server allows it and
-the interval is short enough for the connection to be worth keeping: a check is then one write
-and one read, instead of a connect, an accept and a close on both ends. A kept connection that
-the server closed while we were sending (its idle timeout racing our request) is not a failure
-of the workload: the request is sent once more on a fresh connection, within the same deadline.
-Anything else that goes wrong closes the connection, so the next check starts afresh.
+Every check opens a new connection, sends ``Connection: close`` and closes the connection
+when the answer is in: what a check reports is what the next new client of the server would
+get. A server whose accept path died (out of descriptors, a dead acceptor thread) while it
+still answers the connections it holds is seen as the failure it is for every new client.
+Connections are closed with SO_LINGER 0, a reset, so that thousands of checks a second leave
+no connection in TIME-WAIT on either end (docs/CHECKS.md has the measurements).
+
+``keep_alive: true`` keeps the connection between checks instead, when the server allows it
+and the interval is short enough for the connection to be worth keeping: a check is then one
+write and one read, at the price of not seeing the accept path. A kept connection that the
+server closed while we were sending (its idle timeout racing our request) is not a failure
+of the workload: the request is sent once more on a fresh connection, within the same
+deadline. Anything else that goes wrong closes the connection, so the next check starts afresh.
 
 This is the hot path, and it stays what it was: options that change how a response is judged
 (``expected_status``, body matchers, redirects, HEAD) are ``http_judge.py``'s, in a subclass
@@ -21,6 +28,8 @@ which is encoded once per address (``http_options.RequestOptions``).
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -35,9 +44,13 @@ MAX_HEADER_BYTES = 64 * 1024
 HEADERS_TOO_LARGE = f"response headers larger than {MAX_HEADER_BYTES // 1024} KiB"
 MAX_BODY_BYTES = 10 * 1024
 ERROR_BODY_CHARS = 200
-# Connections of workloads checked less often than this are closed after each check: servers
-# drop idle connections after 5-75 s, so keeping them would mostly mean reconnecting anyway.
+# With keep_alive, connections of workloads checked less often than this are closed after each
+# check all the same: servers drop idle connections after 5-75 s, so keeping them would mostly
+# mean reconnecting anyway.
 KEEPALIVE_MAX_INTERVAL = 30.0
+# SO_LINGER on, 0 s: close() resets the connection instead of the FIN handshake, so neither
+# end holds it in TIME-WAIT afterwards (60 s on Linux, one port each on the checking side).
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 def check_url(cfg: WorkloadConfig, address: str) -> str:
@@ -60,6 +73,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
 
     def data_received(self, data: bytes) -> None:
         self.probe._on_data(self, data)
@@ -74,7 +90,9 @@ class HttpConnection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
-            self.transport.close()
+            # At once, with no TLS close_notify exchange: the exchange is over (or abandoned),
+            # and a graceful TLS shutdown would hold the socket until the server answers it.
+            self.transport.abort()
 
 
 class HttpProbe(Probe):
@@ -102,7 +120,7 @@ class HttpProbe(Probe):
 
     def __init__(self, cfg: WorkloadConfig) -> None:
         super().__init__(cfg)
-        self.keepalive = cfg.interval <= KEEPALIVE_MAX_INTERVAL
+        self.keepalive = bool(cfg.keep_alive) and cfg.interval <= KEEPALIVE_MAX_INTERVAL
         self._opts = RequestOptions.of(cfg)
         self._conn: HttpConnection | None = None
         self._opening: asyncio.Task[None] | None = None

@@ -69,6 +69,8 @@ class WorkloadConfig:
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    # a connection kept between checks, read by http (https) and grpc checks
+    keep_alive: bool | None = None
 
     # -- tcp options (checks/tcp.py) --
     send: str | None = None  # written once connected
@@ -139,6 +141,8 @@ class WorkloadConfig:
             out["client_cert"] = self.client_cert
         if self.client_key is not None:
             out["client_key"] = self.client_key
+        if self.keep_alive is not None:
+            out["keep_alive"] = self.keep_alive
 
         # -- tcp options --
         if self.send is not None:
@@ -346,6 +350,7 @@ FIELDS: dict[str, Field] = {
     "ca_file": Field(_as_text, lambda v: None if v else "must not be empty"),
     "client_cert": Field(_as_text, lambda v: None if v else "must not be empty"),
     "client_key": Field(_as_text, lambda v: None if v else "must not be empty"),
+    "keep_alive": Field(_as_bool),
     # -- tcp options --
     # NUL bytes allowed: they are only written to and looked for on a socket
     "send": Field(_as_str, lambda v: None if v else "must not be empty"),
@@ -375,8 +380,10 @@ KIND_ONLY: dict[str, frozenset[str]] = {
     **dict.fromkeys(("command", "user", "group", "env"), frozenset({"exec"})),
     # -- http options --
     **dict.fromkeys(http_options.KEYS, frozenset({"http"})),
-    # TLS files, read by http (https) and grpc checks
-    **dict.fromkeys(("ca_file", "client_cert", "client_key"), frozenset({"http", "grpc"})),
+    # TLS files and keep_alive, read by http (https) and grpc checks
+    **dict.fromkeys(
+        ("ca_file", "client_cert", "client_key", "keep_alive"), frozenset({"http", "grpc"})
+    ),
     # -- tcp options --
     **dict.fromkeys(("send", "expect"), frozenset({"tcp"})),
     # -- exec options --
