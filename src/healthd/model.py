@@ -65,6 +65,9 @@ class CheckResult(NamedTuple):
     error: str = ""
     # https: the notAfter (Unix seconds) of the certificate the server presented, if one did
     cert_not_after: float | None = None
+    # what a check saw that did not decide its verdict, e.g. a body cut short after a status
+    # that decides ("body truncated: 12 of 100 bytes"); empty when there is nothing to say
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,7 @@ class WorkloadStatus:
     last_restart_error: str = ""
     last_restart_attempt: datetime | None = None  # successful or not: paces restart_delay
     last_check_duration: float | None = None
+    last_check_note: str = ""  # CheckResult.note of the last check
     # Maintenance, set through the API or CLI and kept across daemon restarts. ``state`` goes
     # on holding the state machine's own state; ``shown_state`` is what people see.
     paused: bool = False

@@ -37,6 +37,12 @@ def nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {**schema, "nullable": True}
 
 
+NOTE = {
+    "type": "string",
+    "description": "what a healthy check saw that did not decide it, e.g. a body cut short",
+}
+
+
 SCHEMAS: dict[str, Any] = {
     "Error": obj(
         {
@@ -95,6 +101,7 @@ SCHEMAS: dict[str, Any] = {
             "last_restart_error": {"type": "string"},
             "last_restart_attempt": TIME,
             "last_check_duration_seconds": {"type": "number", "minimum": 0},
+            "last_check_note": NOTE,
             "paused_at": TIME,
             "paused_reason": {"type": "string"},
             # restart policies, in statuses.json only when they say something
@@ -207,7 +214,8 @@ SCHEMAS: dict[str, Any] = {
                         "ok": {"type": "boolean"},
                         "duration_seconds": {"type": "number", "minimum": 0},
                         "error": {"type": "string"},
-                    }
+                    },
+                    {"note": NOTE},
                 ),
             },
         }
@@ -219,7 +227,8 @@ SCHEMAS: dict[str, Any] = {
             "duration_seconds": {"type": "number", "minimum": 0},
             "error": {"type": "string"},
             "state": {"type": "string", "enum": [s.value for s in State]},
-        }
+        },
+        {"note": NOTE},
     ),
     "ReloadReport": obj(
         {

@@ -168,12 +168,15 @@ def workloads(daemon: Daemon) -> dict[str, Any]:
 
 
 def recorded_json(item: Recorded) -> dict[str, Any]:
-    return {
+    out = {
         "time": format_time(datetime.fromtimestamp(item.time, UTC)),
         "ok": item.ok,
         "duration_seconds": round(item.duration, 6),
         "error": item.error,
     }
+    if item.note:
+        out["note"] = item.note
+    return out
 
 
 def histories(daemon: Daemon, names: list[str], limit: int) -> dict[str, Any]:
@@ -200,7 +203,7 @@ def check_result(daemon: Daemon, name: str, result: CheckResult) -> dict[str, An
         "duration_seconds": round(result.duration, 6),
         "error": result.error,
         "state": status.shown_state.value if status is not None else State.STARTING.value,
-    }
+    } | ({"note": result.note} if result.note else {})
 
 
 def reload_report(report: ReloadReport) -> dict[str, Any]:

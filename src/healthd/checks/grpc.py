@@ -112,8 +112,8 @@ class GrpcProbe(Probe):
         super().close()
         self._drop_channel()
 
-    def _finish(self, ok: bool, error: str = "") -> None:
-        super()._finish(ok, error)
+    def _finish(self, ok: bool, error: str = "", note: str = "") -> None:
+        super()._finish(ok, error, note)
         if not self.cfg.keep_alive:
             self._drop_channel()
 

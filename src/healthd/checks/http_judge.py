@@ -23,7 +23,6 @@ import urllib.parse
 from healthd.checks.http_probe import (
     ERROR_BODY_CHARS,
     MAX_BODY_BYTES,
-    HttpConnection,
     HttpProbe,
 )
 from healthd.checks.probe import host_port
@@ -56,9 +55,9 @@ class JudgingProbe(HttpProbe):
                 origins.add((opts.scheme, (named.hostname or "").lower(), port))
             self._origins = frozenset(origins)
 
-    def _send(self, conn: HttpConnection, *, reused: bool) -> None:
+    def _new_message(self) -> None:
+        super()._new_message()
         self._location = None
-        super()._send(conn, reused=reused)
 
     def _on_deadline(self) -> None:
         status = self._status
@@ -66,7 +65,7 @@ class JudgingProbe(HttpProbe):
             opts = self._opts
             redirect = opts.follow and self._location is not None and status in REDIRECT_STATUSES
             if not redirect and (status not in opts.codes or not opts.reads_body):
-                self._complete(keep=False)  # the status decides, as in HttpProbe
+                super()._on_deadline()  # the status decides, as in HttpProbe
                 return
             # the body (or the redirect) was wanted, and did not come in time
             self._abort()
@@ -93,13 +92,14 @@ class JudgingProbe(HttpProbe):
     def on_headers_complete(self) -> None:
         parser = self._parser
         super().on_headers_complete()
-        if parser is not None and self._opts.head:
-            # A HEAD answer has no body, whatever its Content-Length says: it ends here.
+        if parser is not None and self._opts.head and self._status >= 200:
+            # A HEAD answer has no body, whatever its Content-Length says: it ends here. (An
+            # interim 1xx ends as a message of its own, read past by on_message_complete.)
             self._complete(keep=self.keepalive and parser.should_keep_alive())
 
     # -- outcomes ---------------------------------------------------------------------------
 
-    def _complete(self, *, keep: bool) -> None:
+    def _complete(self, *, keep: bool, cut: str = "") -> None:
         self._parser = None
         if not keep:
             self._drop_connection()
@@ -109,10 +109,12 @@ class JudgingProbe(HttpProbe):
             self._redirect(status, keep=keep)
             return
         if status in opts.codes:
-            if opts.reads_body and (mismatch := self._body_mismatch()):
-                self._finish(False, f"HTTP {status} from {self._now_url}: {mismatch}")
+            # A body cut short is an incomplete message (RFC 9112 8): a matcher never judges
+            # it, even when the part that came holds what it looks for.
+            if opts.reads_body and (problem := cut or self._body_mismatch()):
+                self._finish(False, f"HTTP {status} from {self._now_url}: {problem}")
                 return
-            self._finish(True)
+            self._finish(True, note=cut)
             return
         self._finish(False, f"HTTP {status} from {self._now_url}{opts.expected}{self._snippet()}")
 

@@ -98,9 +98,11 @@ class HttpConnection(asyncio.Protocol):
 class HttpProbe(Probe):
     __slots__ = (
         "_body",
+        "_chunked",
         "_conn",
         "_got_data",
         "_header_bytes",
+        "_length",
         "_location",
         "_now_request",
         "_now_url",
@@ -109,6 +111,7 @@ class HttpProbe(Probe):
         "_origins",
         "_parser",
         "_raw_header_bytes",
+        "_received",
         "_redirects",
         "_request",
         "_request_for",
@@ -135,6 +138,10 @@ class HttpProbe(Probe):
         self._header_bytes = 0  # complete headers, counted by on_header
         self._raw_header_bytes = 0  # bytes read before the headers completed
         self._body = bytearray()
+        # the framing of the response's body, to tell a body that ended from one cut short
+        self._length = -1  # Content-Length; -1: none
+        self._chunked = False
+        self._received = 0  # body bytes that came, read or not
         self._reused = False
         self._got_data = False
         # for follow_redirects (http_judge.py): slots live here, where the layout is
@@ -161,7 +168,7 @@ class HttpProbe(Probe):
             # The status and headers came in time and the body did not finish: the status
             # decides, as it does for a body past the read cap (and as the reference, which
             # never reads the body, would say); what came of the body is the error's snippet.
-            self._complete(keep=False)
+            self._complete(keep=False, cut=f"body unfinished at the deadline: {self._shortfall()}")
             return
         super()._on_deadline()
 
@@ -221,11 +228,14 @@ class HttpProbe(Probe):
         return connect_error(exc)
 
     def _send(self, conn: HttpConnection, *, reused: bool) -> None:
-        self._parser = httptools.HttpResponseParser(self)
+        parser = self._parser = httptools.HttpResponseParser(self)
+        # A bare LF ends the status line and header lines, as curl and Go read them (RFC 9112
+        # 2.2 allows it): a server that writes "\n" answers every client that way.
+        parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
         self._status = 0
         self._header_bytes = 0
         self._raw_header_bytes = 0
-        self._body.clear()
+        self._new_message()
         self._reused = reused
         self._got_data = False
         assert conn.transport is not None
@@ -246,7 +256,7 @@ class HttpProbe(Probe):
         self._got_data = True
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             if self._parser is parser:
                 self._fail(f"malformed HTTP response: {exc}", close=True)
             return
@@ -263,12 +273,17 @@ class HttpProbe(Probe):
         self._conn = None
         if self._parser is None:
             return  # an idle connection the server closed: the next check opens another
-        if self._status:  # body delimited by the close
-            if exc is not None and self._opts.reads_body:
-                # a body cut by a reset cannot be judged: what came may lack the match
-                self._fail(f"connection lost while reading the body: {self._reason(exc)}")
+        if self._status:  # the body ends here: at its end if the close delimits it
+            if exc is not None:
+                reason = self._reason(exc)
+                if self._opts.reads_body:
+                    # a body cut by a reset cannot be judged: what came may lack the match
+                    self._fail(f"connection lost while reading the body: {reason}")
+                    return
+                self._complete(keep=False, cut=f"body cut by {reason}: {self._shortfall()}")
                 return
-            self._complete(keep=False)
+            missing = self._missing()
+            self._complete(keep=False, cut=f"body truncated: {missing}" if missing else "")
         elif self._reused and not self._got_data:
             self._parser = None
             assert self._loop is not None
@@ -286,9 +301,16 @@ class HttpProbe(Probe):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._parser is None:
             return
+        # counted over interim responses too: an endless stream of them is capped as well
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > MAX_HEADER_BYTES:
             self._fail(HEADERS_TOO_LARGE, close=True)
+            return
+        size = len(name)  # compared first: most headers are neither of these
+        if size == 14 and name.lower() == b"content-length":
+            self._length = int(value) if value.isdigit() else -1  # llhttp refuses a bad one
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self._chunked = value.rstrip().lower().endswith(b"chunked")
 
     def on_headers_complete(self) -> None:
         if self._parser is not None:
@@ -297,6 +319,7 @@ class HttpProbe(Probe):
     def on_body(self, chunk: bytes) -> None:
         if self._parser is None:
             return
+        self._received += len(chunk)
         room = MAX_BODY_BYTES - len(self._body)
         self._body += chunk[:room]
         if len(chunk) >= room:
@@ -304,18 +327,58 @@ class HttpProbe(Probe):
 
     def on_message_complete(self) -> None:
         parser = self._parser
-        if parser is not None:
-            self._complete(keep=self.keepalive and parser.should_keep_alive())
+        if parser is None:
+            return
+        if self._status < 200:
+            self._interim(self._status)
+            return
+        self._complete(keep=self.keepalive and parser.should_keep_alive())
+
+    def _interim(self, status: int) -> None:
+        """A 1xx response came before the final one (RFC 9110 15.2)."""
+        if status == 101:
+            # nothing asked to switch protocols (Upgrade is healthd's, never sent): what
+            # follows is not HTTP, and a new client that did not ask would not get an answer
+            self._fail(
+                "the server answered 101 Switching Protocols to a request that did not ask "
+                "to switch protocols",
+                close=True,
+            )
+            return
+        # 100 Continue, 103 Early Hints, ...: read past, as curl and Go do; the final
+        # response follows on the same connection (httptools parses it as the next message)
+        self._status = 0
+        self._new_message()
+
+    def _new_message(self) -> None:
+        self._body.clear()
+        self._length = -1
+        self._chunked = False
+        self._received = 0
+
+    def _missing(self) -> str:
+        """What a body that ended here lacks ("12 of 100 bytes"), or "" if the close was its
+        end (no Content-Length, not chunked: RFC 9112 6.3)."""
+        if self._chunked:
+            return f"{self._received} bytes of a chunked body, without its last chunk"
+        if self._length >= 0:
+            return f"{self._received} of {self._length} bytes"
+        return ""
+
+    def _shortfall(self) -> str:
+        return self._missing() or f"{self._received} bytes"
 
     # -- outcomes ---------------------------------------------------------------------------
 
-    def _complete(self, *, keep: bool) -> None:
+    def _complete(self, *, keep: bool, cut: str = "") -> None:
+        """The response is in, as far as it will come; ``cut`` says what of its body did not
+        (a note on a healthy result: the status decides)."""
         self._parser = None
         if not keep:
             self._drop_connection()
         status = self._status
         if 200 <= status < 400:
-            self._finish(True)
+            self._finish(True, note=cut)
             return
         self._finish(False, f"HTTP {status} from {self._now_url}{self._snippet()}")
 

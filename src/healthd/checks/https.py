@@ -26,6 +26,22 @@ if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
 
 
+def _in_handshake(exc: Exception) -> str:
+    """What broke a connection that was made, during its TLS handshake; "" for anything else
+    (a refused or unreachable connect is no reset, and TLS alerts are ``tls.error_text``'s)."""
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError) or (
+        isinstance(exc, ConnectionResetError) and not exc.errno  # the loop's "lost", no errno
+    ):
+        return "connection closed by the server during the TLS handshake"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset during the TLS handshake"
+    if isinstance(exc, BrokenPipeError):
+        return "connection closed during the TLS handshake (broken pipe)"
+    if isinstance(exc, ConnectionAbortedError):
+        return "connection aborted during the TLS handshake"
+    return ""
+
+
 class HttpsProbe(HttpProbe):
     __slots__ = ("_files", "_not_after", "_server_name", "_settings", "_tls")
 
@@ -74,7 +90,7 @@ class HttpsProbe(HttpProbe):
             )
         except (OSError, UnicodeError, ValueError) as exc:  # ValueError: CertificateError
             self._opening = None
-            self._fail(self._reason(exc))
+            self._fail(_in_handshake(exc) or self._reason(exc))
             return
         self._not_after = tls.peer_not_after(transport.get_extra_info("ssl_object"))
         self._connected(conn)
@@ -92,11 +108,11 @@ class HttpsProbe(HttpProbe):
         # of sending TLS's "certificate required" alert
         return f"{text} (right after the TLS handshake: does the server want a client_cert?)"
 
-    def _finish(self, ok: bool, error: str = "") -> None:
+    def _finish(self, ok: bool, error: str = "", note: str = "") -> None:
         # Probe._finish, with the certificate's expiry in the result
         done = self._done
         if done is None:
             return
         self._done = None
         self._disarm()
-        done(CheckResult(ok, time.monotonic() - self._started, error, self._not_after))
+        done(CheckResult(ok, time.monotonic() - self._started, error, self._not_after, note))

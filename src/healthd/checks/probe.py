@@ -90,13 +90,13 @@ class Probe:
         """Stop the check in flight and free what it holds (deadline or cancel)."""
         raise NotImplementedError
 
-    def _finish(self, ok: bool, error: str = "") -> None:
+    def _finish(self, ok: bool, error: str = "", note: str = "") -> None:
         done = self._done
         if done is None:
             return
         self._done = None
         self._disarm()
-        done(CheckResult(ok, time.monotonic() - self._started, error))
+        done(CheckResult(ok, time.monotonic() - self._started, error, None, note))
 
     def _expire(self) -> None:
         self._deadline = None
@@ -144,6 +144,17 @@ _GAI_REASONS = {
 }
 
 
+# What the event loops raise without an errno (asyncio's "the connection was lost" is a bare
+# ConnectionResetError), in words rather than the class's name
+_CLASS_REASONS: tuple[tuple[type[Exception], str], ...] = (
+    (ConnectionResetError, "connection reset"),
+    (ConnectionAbortedError, "connection aborted"),
+    (ConnectionRefusedError, "connection refused"),
+    (BrokenPipeError, "connection closed by the peer (broken pipe)"),
+    (TimeoutError, "timed out"),
+)
+
+
 def connect_error(exc: Exception) -> str:
     """A short reason: asyncio's own wording ("Connect call failed (...)") hides the errno."""
     if isinstance(exc, socket.gaierror):
@@ -152,4 +163,7 @@ def connect_error(exc: Exception) -> str:
         return f"invalid host name ({exc})"
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno).lower()
-    return str(exc) or type(exc).__name__
+    for cls, words in _CLASS_REASONS:
+        if isinstance(exc, cls):
+            return words
+    return str(exc) or f"unexpected {type(exc).__name__}"

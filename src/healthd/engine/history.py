@@ -28,6 +28,7 @@ class Recorded:
     ok: bool
     duration: float
     error: str
+    note: str = ""
 
 
 class CheckHistory:
@@ -55,7 +56,8 @@ class CheckHistory:
         self._times[i] = ended
         self._durations[i] = result.duration
         self._oks[i] = result.ok
-        self._errors[i] = result.error
+        # one slot for both: an error is only ever failed, a note only healthy
+        self._errors[i] = result.error or result.note
         self._next = (i + 1) % HISTORY_SIZE
         if self._count < HISTORY_SIZE:
             self._count += 1
@@ -70,9 +72,9 @@ class CheckHistory:
         out = []
         for back in range(min(limit, self._count)):
             i = (self._next - 1 - back) % HISTORY_SIZE
-            out.append(
-                Recorded(self._times[i], bool(self._oks[i]), self._durations[i], self._errors[i])
-            )
+            ok, text = bool(self._oks[i]), self._errors[i]
+            error, note = ("", text) if ok else (text, "")
+            out.append(Recorded(self._times[i], ok, self._durations[i], error, note))
         return out
 
     @property

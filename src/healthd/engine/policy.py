@@ -112,6 +112,7 @@ class WorkloadPolicy:
         s.total_checks += 1
         s.last_check = now
         s.last_check_duration = result.duration
+        s.last_check_note = result.note
         if s.paused:
             return self._while_paused(result, now)
         if result.ok:

@@ -80,6 +80,8 @@ def to_json(s: WorkloadStatus) -> dict[str, Any]:
         out["last_restart_attempt"] = format_time(s.last_restart_attempt)
     if s.last_check_duration is not None:
         out["last_check_duration_seconds"] = round(s.last_check_duration, 6)
+    if s.last_check_note:
+        out["last_check_note"] = s.last_check_note
     if s.paused:
         out["paused"] = True
         out["paused_at"] = format_time(s.paused_at)
@@ -151,7 +153,10 @@ def from_json(obj: Any) -> WorkloadStatus | None:
             setattr(s, name, value)
     for name in _TIME_FIELDS:
         setattr(s, name, parse_time(obj.get(name)))
-    for name in ("last_error", "address", "address_source", "last_restart_error", "paused_reason"):
+    for name in (
+        "last_error", "address", "address_source", "last_restart_error", "paused_reason",
+        "last_check_note",
+    ):  # fmt: skip
         if isinstance(obj.get(name), str):
             setattr(s, name, obj[name])
     duration = obj.get("last_check_duration_seconds")

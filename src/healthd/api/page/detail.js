@@ -62,6 +62,7 @@ export function renderDetailStatus() {
     ["last healthy", ago(s.last_healthy)],
     ["failing for", s.consecutive_fails ? `${s.consecutive_fails} checks` : null],
     ["last error", s.last_error],
+    ["last check noted", s.last_check_note],
     ["checks", `${s.total_checks} (${s.total_fails} failed)`],
     ["restarts", r.text],
     ["last restart", when(s.last_restart) ? ago(s.last_restart) : null],
