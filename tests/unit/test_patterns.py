@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from healthd.checks import patterns
+from healthd.config.loader import parse_text
 
 WHY = "healthd uses RE2, which matches in linear time"
 
@@ -98,6 +99,29 @@ def test_refused_with_the_reason(pattern: str, reason: str) -> None:
     with pytest.raises(patterns.PatternError) as caught:
         patterns.compile(pattern)
     assert str(caught.value) == f"invalid regular expression '{pattern}': {reason}"
+
+
+def yaml_single_quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@pytest.mark.parametrize(
+    ("head", "key"),
+    [
+        ("workload: w\ntype: http\n", "body_regex"),
+        ("workload: w\ntype: exec\ntarget: pg_isready\n", "expect_output_regex"),
+    ],
+    ids=["body_regex", "expect_output_regex"],
+)
+@pytest.mark.parametrize(("pattern", "reason"), list(REFUSED.items()), ids=list(REFUSED))
+def test_both_keys_refuse_at_their_line(head: str, key: str, pattern: str, reason: str) -> None:
+    line = head.count("\n") + 2
+    text = f"{head}interval: 10s\n{key}: {yaml_single_quoted(pattern)}\nretries: 2\n"
+    cfg, problems = parse_text(text, "w.yaml", "w")
+    assert cfg is None
+    assert [str(p) for p in problems] == [
+        f"w.yaml:{line}: {key}: invalid regular expression '{pattern}': {reason}"
+    ]
 
 
 @pytest.mark.parametrize(
