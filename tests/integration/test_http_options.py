@@ -13,7 +13,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import datetime as dt
-import re
 import socket
 import ssl
 import struct
@@ -30,7 +29,7 @@ import trustme
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from healthd.checks import KINDS, run_check
+from healthd.checks import KINDS, patterns, run_check
 from healthd.checks.http import MAX_BODY_BYTES
 from healthd.config.workload import WorkloadConfig
 from healthd.model import CheckResult
@@ -658,8 +657,8 @@ async def test_body_contains_and_regex_pass_and_fail() -> None:
     async with site(routes) as srv:
         contains = await check(cfg_for(srv.port, body_contains='"status": "ok"'))
         missing = await check(cfg_for(srv.port, body_contains="degraded"))
-        regex = await check(cfg_for(srv.port, body_regex=re.compile(r'"db":\s*"up"')))
-        no_match = await check(cfg_for(srv.port, body_regex=re.compile(r"^OK$")))
+        regex = await check(cfg_for(srv.port, body_regex=patterns.compile(r'"db":\s*"up"')))
+        no_match = await check(cfg_for(srv.port, body_regex=patterns.compile(r"^OK$")))
         empty = await check(cfg_for(srv.port, target="/empty", body_contains="ok"))
     assert contains.ok, contains.error
     assert regex.ok, regex.error

@@ -106,6 +106,23 @@ BAD_FILES: dict[str, list[tuple[int, str]]] = {
     ],
     # exec cannot pass a NUL byte: it used to reach posix_spawn and crash the check
     "invalid-nul-byte": [(4, "target: must not contain a NUL byte")],
+    # RE2 (linear time) refuses what needs backtracking, and Python's spellings it lacks
+    "invalid-http-body-regex": [
+        (
+            5,
+            "body_regex: invalid regular expression '\"(up|down)\": \\1': backreferences (\\1) "
+            "are not supported (healthd uses RE2, which matches in linear time; match the text "
+            "itself)",
+        )
+    ],
+    "invalid-exec-output-regex": [
+        (
+            4,
+            "expect_output_regex: invalid regular expression 'accepting connections\\Z': \\Z is "
+            "not supported (healthd uses RE2, which matches in linear time; use \\z or $ for the "
+            "end of the text)",
+        )
+    ],
     # it used to crash the tcp check (ValueError from getaddrinfo) and hang the http check
     "invalid-host-nul": [
         (4, "host: must be an address or host name without spaces or control characters")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from healthd.checks import tls
+from healthd.checks import patterns, tls
 from healthd.config.editor import render
 from healthd.config.loader import parse_text
 from healthd.config.workload import WorkloadConfig
@@ -79,7 +78,7 @@ def test_every_option_loads_and_renders_back_unchanged(pem: dict[str, Path]) -> 
     assert cfg.headers == (("Host", "app.test"), ("X-Probe", "healthd"))
     assert cfg.expected_status == ((200, 299), (418, 418))
     assert cfg.body_contains == "ok"
-    assert cfg.body_regex == re.compile('"db": *"up"')
+    assert cfg.body_regex == patterns.compile('"db": *"up"')
     assert cfg.follow_redirects is True
     assert (cfg.ca_file, cfg.client_cert, cfg.client_key) == (
         str(pem["ca"]),
@@ -170,7 +169,11 @@ def test_a_key_in_the_certificate_file_needs_no_client_key(pem: dict[str, Path])
         ("body_contains: ''\n", "w.yaml:3: body_contains: must not be empty (every body "
          "contains it)"),
         ("body_regex: '(unclosed'\n", "w.yaml:3: body_regex: invalid regular expression "
-         "'(unclosed': missing ), unterminated subpattern at position 0"),
+         "'(unclosed': missing )"),
+        ("body_regex: '(a)\\1'\n", "w.yaml:3: body_regex: invalid regular expression '(a)\\1': "
+         "backreferences (\\1) are not supported (healthd uses RE2, which matches in linear "
+         "time; match the text itself)"),
+        ("body_regex: [a, b]\n", "w.yaml:3: body_regex: expected a single value, got a list"),
         ("body_regex: ''\n", "w.yaml:3: body_regex: must not be empty (it would match any "
          "body)"),
         ("follow_redirects: sometimes\n", "w.yaml:3: follow_redirects: expected true or false, "

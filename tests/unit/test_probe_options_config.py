@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from healthd.checks import patterns
 from healthd.config.editor import render, write
 from healthd.config.loader import parse_text
 from healthd.config.workload import WorkloadConfig
@@ -119,7 +120,7 @@ def test_send_and_expect_are_tcp_only(kind: str) -> None:
 def test_expect_output_and_its_regex_load() -> None:
     assert load(EXEC + "expect_output: PONG\n").expect_output == "PONG"
     cfg = load(EXEC + "expect_output_regex: '(?m)^PONG$'\n")
-    assert cfg.expect_output_regex == "(?m)^PONG$"
+    assert cfg.expect_output_regex == patterns.compile("(?m)^PONG$")
 
 
 @pytest.mark.parametrize(
@@ -127,17 +128,24 @@ def test_expect_output_and_its_regex_load() -> None:
     [
         (
             "expect_output_regex: 'a(b'\n",
-            "w.yaml:4: expect_output_regex: invalid regular expression: missing ), "
-            "unterminated subpattern at position 1",
+            "w.yaml:4: expect_output_regex: invalid regular expression 'a(b': missing )",
         ),
         (
             "expect_output_regex: 'a{99999999999}'\n",
-            "w.yaml:4: expect_output_regex: invalid regular expression: the repetition number "
-            "is too large",
+            "w.yaml:4: expect_output_regex: invalid regular expression 'a{99999999999}': "
+            "{99999999999}: counts over 1000 are not supported (healthd uses RE2, which matches "
+            "in linear time; use + or * instead)",
+        ),
+        (
+            "expect_output_regex: 'ready(?=.*accepting)'\n",
+            "w.yaml:4: expect_output_regex: invalid regular expression 'ready(?=.*accepting)': "
+            "lookahead (?=...) is not supported (healthd uses RE2, which matches in linear time; "
+            "match the text itself: a(?=b) finds what ab finds)",
         ),
         (
             f"expect_output_regex: '{'(' * 5000}{')' * 5000}'\n",
-            "w.yaml:4: expect_output_regex: invalid regular expression: nested too deeply",
+            f"w.yaml:4: expect_output_regex: invalid regular expression '{'(' * 40}'...: longer "
+            "than 4096 characters",
         ),
         (
             "expect_output: PONG\nexpect_output_regex: PONG\n",
@@ -284,7 +292,9 @@ def test_editor_writes_the_new_keys_so_that_they_read_back(tmp_path: Path) -> No
     cfgs = [
         WorkloadConfig(workload="r", type="tcp", port=6379, send="PING\r\n", expect="+PONG"),
         WorkloadConfig(workload="b", type="tcp", port=7, send="\0\x01", expect="\x00"),
-        WorkloadConfig(workload="e", type="exec", target="x", expect_output_regex=r"^\d+$"),
+        WorkloadConfig(
+            workload="e", type="exec", target="x", expect_output_regex=patterns.compile(r"^\d+$")
+        ),
         WorkloadConfig(workload="g", type="grpc", port=50051, service="a.B", tls=False),
     ]
     for cfg in cfgs:

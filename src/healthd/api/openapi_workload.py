@@ -61,7 +61,7 @@ WORKLOAD: dict[str, Any] = obj(
         "env": _only("exec", _STRINGS, "the names; the values stay in the file"),
         "expect_output": _only("exec", _TEXT, "a substring the output must contain"),
         "expect_output_regex": _only(
-            "exec", _TEXT, "a Python regular expression the output must match"
+            "exec", _TEXT, "a regular expression (RE2 syntax) the output must match"
         ),
         # -- http --
         "scheme": _only("http", {"type": "string", "enum": list(SCHEMES)}),
@@ -73,7 +73,7 @@ WORKLOAD: dict[str, Any] = obj(
             'the healthy statuses: 200, "200-299" or a list of those',
         ),
         "body_contains": _only("http", _TEXT),
-        "body_regex": _only("http", _TEXT, "a Python regular expression"),
+        "body_regex": _only("http", _TEXT, "a regular expression (RE2 syntax) the body must match"),
         "follow_redirects": _only("http", _BOOL),
         "tls_skip_verify": _only("https", _BOOL),
         "cert_expiry_warn": _only(

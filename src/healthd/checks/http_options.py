@@ -2,7 +2,8 @@
 their rendering back to YAML, and what they mean for each exchange (``RequestOptions``).
 
 Every value is checked when the file loads, so that a bad one is a config error at its line:
-header names and values, status codes and ranges, the regular expression (compiled here, once).
+header names and values, status codes and ranges; ``body_regex`` is compiled (RE2,
+``patterns.py``) by ``config/workload.py``'s converter, as ``expect_output_regex`` is.
 What needs several keys or the disk (https-only keys, the TLS files, which grpc checks share)
 is ``HttpCheck.validate``'s.
 """
@@ -56,12 +57,6 @@ def _problem(reason: str) -> ValueError:
     from healthd.config.workload import FieldProblem  # noqa: PLC0415
 
     return FieldProblem(reason)
-
-
-def _text(node: yaml.Node, what: str) -> str:
-    if not isinstance(node, yaml.ScalarNode) or node.tag == _NULL:
-        raise _problem(f"{what}: expected a single value")
-    return str(node.value)
 
 
 # -- converters (YAML node -> value) ------------------------------------------------------------
@@ -129,17 +124,6 @@ def as_status(node: yaml.Node) -> tuple[tuple[int, int], ...]:
             raise _problem(f"{text!r}: the range ends before it starts")
         ranges.append((low, high))
     return tuple(ranges)
-
-
-def as_regex(node: yaml.Node) -> re.Pattern[str]:
-    text = _text(node, "body_regex")
-    if not text:
-        raise _problem("must not be empty (it would match any body)")
-    try:
-        return re.compile(text)
-    except re.error as exc:
-        where = f" at position {exc.pos}" if exc.pos is not None else ""
-        raise _problem(f"invalid regular expression {text!r}: {exc.msg}{where}") from None
 
 
 # -- checks of converted values (reason or None) ----------------------------------------------

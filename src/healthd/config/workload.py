@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from healthd import durations
-from healthd.checks import KINDS, http_options
+from healthd.checks import KINDS, http_options, patterns
 from healthd.config import policy_keys
 from healthd.errors import DurationError, Problem, WorkloadNameError
 
@@ -61,7 +61,7 @@ class WorkloadConfig:
     headers: tuple[tuple[str, str], ...] | None = None  # (name, value) pairs, in file order
     expected_status: tuple[tuple[int, int], ...] | None = None  # (low, high); 200-399 not set
     body_contains: str | None = None
-    body_regex: re.Pattern[str] | None = None  # compiled when loaded
+    body_regex: patterns.Pattern | None = None  # compiled when loaded
     follow_redirects: bool | None = None
     tls_skip_verify: bool | None = None
     cert_expiry_warn: float | None = None
@@ -77,7 +77,7 @@ class WorkloadConfig:
     expect: str | None = None  # must appear in what the peer sends (substring)
     # -- exec options (checks/exec.py) --
     expect_output: str | None = None  # substring of the captured output
-    expect_output_regex: str | None = None  # re.search on the captured output
+    expect_output_regex: patterns.Pattern | None = None  # searched in the captured output
     # -- grpc options (checks/grpc.py) --
     service: str | None = None  # grpc.health.v1 service name; "" or unset: the whole server
     tls: bool | None = None
@@ -153,7 +153,7 @@ class WorkloadConfig:
         if self.expect_output is not None:
             out["expect_output"] = self.expect_output
         if self.expect_output_regex is not None:
-            out["expect_output_regex"] = self.expect_output_regex
+            out["expect_output_regex"] = self.expect_output_regex.pattern
         # -- grpc options --
         if self.service is not None:
             out["service"] = self.service
@@ -253,6 +253,21 @@ def _argv_of(example: str) -> Converter:
     return convert
 
 
+def _as_regex(empty: str) -> Converter:
+    """A regular expression, compiled (RE2: checks/patterns.py); ``empty`` is why "" is not."""
+
+    def convert(node: yaml.Node) -> patterns.Pattern:
+        text = _as_str(node)
+        if not text:
+            raise FieldProblem(empty)
+        try:
+            return patterns.compile(text)
+        except patterns.PatternError as exc:
+            raise FieldProblem(str(exc)) from None
+
+    return convert
+
+
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
@@ -342,7 +357,7 @@ FIELDS: dict[str, Field] = {
     "headers": Field(http_options.as_headers),
     "expected_status": Field(http_options.as_status),
     "body_contains": Field(_as_text, http_options.check_needle),
-    "body_regex": Field(http_options.as_regex),
+    "body_regex": Field(_as_regex("must not be empty (it would match any body)")),
     "follow_redirects": Field(_as_bool),
     "tls_skip_verify": Field(_as_bool),
     "cert_expiry_warn": Field(_as_duration, _positive),
@@ -357,7 +372,7 @@ FIELDS: dict[str, Field] = {
     "expect": Field(_as_str, lambda v: None if v else "must not be empty"),
     # -- exec options --
     "expect_output": Field(_as_str, lambda v: None if v else "must not be empty"),
-    "expect_output_regex": Field(_as_str, lambda v: None if v else "must not be empty"),
+    "expect_output_regex": Field(_as_regex("must not be empty")),
     # -- grpc options --
     "service": Field(_as_text),  # "" is the whole server, as in the protocol
     "tls": Field(_as_bool),
