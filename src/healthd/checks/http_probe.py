@@ -28,14 +28,15 @@ which is encoded once per address (``http_options.RequestOptions``).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
-import struct
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
 from healthd.checks.http_options import RequestOptions
-from healthd.checks.probe import Probe, connect_error, host_port
+from healthd.checks.http_socket import RESET_ON_CLOSE, SocketConnection
+from healthd.checks.probe import Probe, connect_error, host_port, numeric_family
 
 if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
@@ -48,17 +49,26 @@ ERROR_BODY_CHARS = 200
 # check all the same: servers drop idle connections after 5-75 s, so keeping them would mostly
 # mean reconnecting anyway.
 KEEPALIVE_MAX_INTERVAL = 30.0
-# SO_LINGER on, 0 s: close() resets the connection instead of the FIN handshake, so neither
-# end holds it in TIME-WAIT afterwards (60 s on Linux, one port each on the checking side).
-_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 
 
 def check_url(cfg: WorkloadConfig, address: str) -> str:
     return f"{cfg.scheme or 'http'}://{host_port(address, cfg.port)}{cfg.target}"
 
 
+class Connection(Protocol):
+    """What a probe uses of its connection: a transport's (HttpConnection), or a bare
+    socket's (http_socket.SocketConnection)."""
+
+    closed: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class HttpConnection(asyncio.Protocol):
-    """One TCP (or TLS) connection of a probe; forwards everything to it."""
+    """One TCP (or TLS) connection of a probe, through the loop's transport (TLS, host names);
+    forwards everything to the probe."""
 
     __slots__ = (
         "closed",
@@ -75,10 +85,16 @@ class HttpConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            # SO_LINGER 0: close() resets the connection instead of the FIN handshake, so
+            # neither end holds it in TIME-WAIT (60 s on Linux, a port on the checking side)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
 
     def data_received(self, data: bytes) -> None:
         self.probe._on_data(self, data)
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
 
     def eof_received(self) -> bool:
         return False  # the server is done with us: close our side too
@@ -125,8 +141,9 @@ class HttpProbe(Probe):
         super().__init__(cfg)
         self.keepalive = bool(cfg.keep_alive) and cfg.interval <= KEEPALIVE_MAX_INTERVAL
         self._opts = RequestOptions.of(cfg)
-        self._conn: HttpConnection | None = None
-        self._opening: asyncio.Task[None] | None = None
+        self._conn: Connection | None = None
+        # what is connecting: the loop's create_connection in a task, or a bare socket's
+        self._opening: asyncio.Task[None] | SocketConnection | None = None
         self._request = b""
         self._request_for: str | None = None
         self._url = ""
@@ -201,9 +218,25 @@ class HttpProbe(Probe):
             f"{self._opts.extra_headers}{connection}\r\n"
         ).encode("ascii")
 
+    # IP addresses over plain TCP are connected on a bare socket (http_socket.py); TLS and
+    # host names through the loop's create_connection
+    _bare_sockets = True
+
     def _open(self, loop: asyncio.AbstractEventLoop) -> None:
         self._drop_connection()
-        self._opening = loop.create_task(self._connect(loop))
+        family = numeric_family(self.address) if self._bare_sockets else None
+        if family is None:
+            self._opening = loop.create_task(self._connect(loop))
+            return
+        opened = SocketConnection.open(self, loop, family, (self.address, self.cfg.port))
+        if isinstance(opened, int):
+            self._connect_failed(opened)
+        elif not opened.closed and self._conn is not opened:  # connecting still
+            self._opening = opened
+
+    def _connect_failed(self, err: int) -> None:
+        self._opening = None
+        self._fail(os.strerror(err).lower())  # as connect_error words it
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
@@ -216,7 +249,7 @@ class HttpProbe(Probe):
             return
         self._connected(conn)
 
-    def _connected(self, conn: HttpConnection) -> None:
+    def _connected(self, conn: Connection) -> None:
         self._opening = None
         if self._done is None:  # finished meanwhile (cannot normally happen: we are cancelled)
             conn.close()
@@ -227,7 +260,7 @@ class HttpProbe(Probe):
     def _reason(self, exc: Exception) -> str:
         return connect_error(exc)
 
-    def _send(self, conn: HttpConnection, *, reused: bool) -> None:
+    def _send(self, conn: Connection, *, reused: bool) -> None:
         parser = self._parser = httptools.HttpResponseParser(self)
         # A bare LF ends the status line and header lines, as curl and Go read them (RFC 9112
         # 2.2 allows it): a server that writes "\n" answers every client that way.
@@ -238,15 +271,14 @@ class HttpProbe(Probe):
         self._new_message()
         self._reused = reused
         self._got_data = False
-        assert conn.transport is not None
-        conn.transport.write(self._now_request)
+        conn.write(self._now_request)
 
     def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
-    def _on_data(self, conn: HttpConnection, data: bytes) -> None:
+    def _on_data(self, conn: Connection, data: bytes) -> None:
         parser = self._parser
         if conn is not self._conn or parser is None:
             conn.close()  # nothing was asked: a server talking out of turn is not reused
@@ -267,7 +299,7 @@ class HttpProbe(Probe):
             if self._raw_header_bytes > MAX_HEADER_BYTES:
                 self._fail(HEADERS_TOO_LARGE, close=True)
 
-    def _on_lost(self, conn: HttpConnection, exc: Exception | None) -> None:
+    def _on_lost(self, conn: Connection, exc: Exception | None) -> None:
         if conn is not self._conn:
             return
         self._conn = None

@@ -45,6 +45,8 @@ def _in_handshake(exc: Exception) -> str:
 class HttpsProbe(HttpProbe):
     __slots__ = ("_files", "_not_after", "_server_name", "_settings", "_tls")
 
+    _bare_sockets = False  # TLS is the loop's SSL transport's
+
     def __init__(self, cfg: WorkloadConfig) -> None:
         super().__init__(cfg)
         self._not_after: float | None = None  # of the connection's server certificate
