@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from bench.loopback import LOOPBACK, http_get
+from bench.nginx import NginxTarget
 from bench.proc import cpu_sample, peak_rss_mb, process_tree, read_stat, spawn, stop_group
-from bench.targets import LOOPBACK, BuiltinServer, NginxTarget, ServerSentinel, http_get
+from bench.targets import BuiltinServer, ServerSentinel
 
 
 def eventually(probe: Callable[[], bool], timeout: float = 5.0) -> bool:
