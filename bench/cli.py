@@ -20,6 +20,7 @@ from bench.runner import (
     environment_note,
     run_kind,
 )
+from bench.timewait import host_tcp_limits
 from bench.workloads import KINDS
 from healthd.durations import parse_seconds
 from healthd.errors import DurationError
@@ -145,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.target == "nginx" and nginx is None and any(k != "exec" for k in kinds):
         print("bench: --target nginx: nginx is not on PATH", file=sys.stderr)
         return 2
-    environment = environment_note()
+    tcp = host_tcp_limits()
+    environment = environment_note(tcp)
     results: list[KindResult] = []
     code = 0
     try:
@@ -166,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render_text(opts, environment, results)
     if args.json:
         say(text)
-        print(to_json(opts, environment, results))
+        print(to_json(opts, environment, results, tcp))
     else:
         print(text)
     return code

@@ -17,6 +17,7 @@ from pathlib import Path
 from bench.errors import BenchError
 from bench.loopback import LOOPBACK, START_TIMEOUT, check_target, free_port
 from bench.proc import spawn, stop_group, tail
+from bench.protocols import Counts
 from bench.workloads import CheckTarget
 
 
@@ -135,9 +136,9 @@ class NginxTarget:
         accepts, _handled, requests = (int(x) for x in lines[2].split())
         return accepts - self._polls, requests - self._polls
 
-    def count(self) -> int:
+    def counts(self) -> Counts:
         accepts, requests = self._stub()
-        return requests if self.kind == "http" else accepts
+        return Counts(requests if self.kind == "http" else accepts, accepts)
 
     def stop(self) -> None:
         proc = self._proc

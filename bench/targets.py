@@ -20,43 +20,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO
 
 from bench.errors import BenchError
 from bench.loopback import LOOPBACK, START_TIMEOUT, check_target, http_get
 from bench.nginx import NginxTarget
 from bench.proc import spawn, stop_group, tail
+from bench.protocols import Counts, Sentinel, Target
 from bench.workloads import CheckTarget
 
 SERVER_SCRIPT = Path(__file__).with_name("target_server.py")
-
-
-class Target(Protocol):
-    """The loopback target of the N measured workloads."""
-
-    name: str  # "nginx", "builtin" or "file"
-
-    def start(self) -> CheckTarget:
-        """Start serving; returns what the workloads must check."""
-        ...
-
-    def count(self) -> int:
-        """Checks seen so far: http requests, tcp accepted connections or exec appends."""
-        ...
-
-    def stop(self) -> None: ...
-
-
-class Sentinel(Protocol):
-    """The target of the sentinel workloads, which the bench can break."""
-
-    def start(self) -> CheckTarget: ...
-
-    def break_(self) -> None:
-        """Make every check of the sentinels fail from now on; returns once that holds."""
-        ...
-
-    def stop(self) -> None: ...
 
 
 # -- the built-in server -----------------------------------------------------------------------
@@ -130,9 +103,9 @@ class BuiltinTarget:
         self.server.start()
         return check_target(self.kind, self.server.port)
 
-    def count(self) -> int:
+    def counts(self) -> Counts:
         requests, accepted = self.server.counts()
-        return requests if self.kind == "http" else accepted
+        return Counts(requests if self.kind == "http" else accepted, accepted)
 
     def stop(self) -> None:
         self.server.stop()
@@ -153,11 +126,11 @@ class ExecTarget:
         self.path.touch()
         return CheckTarget(f"printf x >> {shlex.quote(str(self.path))}")
 
-    def count(self) -> int:
+    def counts(self) -> Counts:
         try:
-            return self.path.stat().st_size
+            return Counts(self.path.stat().st_size, None)
         except FileNotFoundError:
-            return 0
+            return Counts(0, None)
 
     def stop(self) -> None:
         pass

@@ -83,8 +83,28 @@ def test_http_and_exec_report_sane_numbers(tmp_path: Path) -> None:
         assert isinstance(r["false_check_fails"], int), kind
         for lag in (r["lag_p50_ms"], r["lag_p99_ms"]):  # n/a until healthd writes daemon.json
             assert lag is None or lag >= 0, kind
+    http, exec_ = results["http"], results["exec"]
+    # a new connection per check by default, each reset by healthd: nothing in TIME-WAIT
+    assert http["connections_per_s"] > 0
+    assert http["connections_per_s"] <= http["achieved_per_s"] * 1.05
+    tw = http["time_wait"]
+    assert tw["samples"] >= 3  # the window's start and end, and once a second between
+    assert tw["sample_ms"] > 0
+    for figures in (tw["peak"], tw["end"]):
+        assert figures["host"] >= figures["client"] + figures["server"] >= 0
+    assert tw["end"]["client"] <= tw["peak"]["client"]
+    assert exec_["connections_per_s"] is None
+    assert exec_["time_wait"] is None
+    host_tcp = report["host_tcp"]
+    assert (
+        host_tcp["local_ports"]
+        == host_tcp["local_port_range"][1] - host_tcp["local_port_range"][0] + 1
+    )
+    assert f"tcp_max_tw_buckets {host_tcp['max_tw_buckets']}" in report["environment"]
     # the table went to stderr, with a row per kind
     assert "KEEP-UP" in err
+    assert "TW PEAK cli" in err
+    assert "http: TIME-WAIT at the end of the window: checker " in err
     assert any(line.startswith("exec ") for line in err.splitlines())
     # nothing left behind: no process, no temporary directory
     assert processes_mentioning(str(tmp_path)) == []

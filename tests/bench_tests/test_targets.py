@@ -92,14 +92,14 @@ def test_nginx_target_counts_checks_without_its_own_polls(
     try:
         check = target.start()
         assert check.port is not None
-        assert target.count() == 0
+        assert target.counts().checks == 0
         for _ in range(3):
             if kind == "http":
                 assert http_get(check.port, "/healthz") == b"ok\n"
             else:
                 socket.create_connection((LOOPBACK, check.port), timeout=5).close()
-        assert eventually(lambda: target.count() == 3)
-        assert target.count() == 3  # polling did not count itself
+        assert eventually(lambda: target.counts().checks == 3)
+        assert target.counts().checks == 3  # polling did not count itself
         master = int((tmp_path / "nginx" / "nginx.pid").read_text())
         workers = process_tree(master)[1:]
         assert workers

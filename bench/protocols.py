@@ -1,0 +1,44 @@
+"""What the runner needs of a target and of a sentinel, whichever server or command it is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bench.workloads import CheckTarget
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What a target has seen so far."""
+
+    checks: int  # http requests, tcp accepted connections or exec appends
+    connections: int | None  # connections accepted; None without a server (exec)
+
+
+class Target(Protocol):
+    """The loopback target of the N measured workloads."""
+
+    name: str  # "nginx", "builtin" or "file"
+
+    def start(self) -> CheckTarget:
+        """Start serving; returns what the workloads must check."""
+        ...
+
+    def counts(self) -> Counts:
+        """Checks and connections seen so far."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class Sentinel(Protocol):
+    """The target of the sentinel workloads, which the bench can break."""
+
+    def start(self) -> CheckTarget: ...
+
+    def break_(self) -> None:
+        """Make every check of the sentinels fail from now on; returns once that holds."""
+        ...
+
+    def stop(self) -> None: ...
