@@ -28,7 +28,11 @@ from bench.targets import make_sentinel, make_target
 from bench.timewait import HostTcpLimits, TimeWaitSampler, TimeWaitSummary, host_tcp_limits
 from bench.workloads import SENTINELS, bench_specs, write_workloads
 
-DEFAULT_HEALTHD = "healthd run --config-dir {config} --status-dir {status} --log-format json"
+# --listen 127.0.0.1:0: the API on, as deployed, on a free port, so that a healthd already
+# running on the machine (on 9780) does not stop the bench's from starting
+DEFAULT_HEALTHD = (
+    "healthd run --config-dir {config} --status-dir {status} --log-format json --listen 127.0.0.1:0"
+)
 STOP_GRACE = 20.0  # SIGTERM, then SIGKILL after this many seconds
 DETECTION_SLACK = 5.0  # waiting for the sentinels' unhealthy events: the bound plus this
 TIME_WAIT_SECONDS = 60.0  # how long Linux keeps a connection in TIME-WAIT (TCP_TIMEWAIT_LEN)

@@ -19,7 +19,7 @@ from .conftest import ROOT
 
 HEALTHD = (
     f"{shlex.quote(sys.executable)} -m healthd run "
-    "--config-dir {config} --status-dir {status} --log-format json"
+    "--config-dir {config} --status-dir {status} --log-format json --listen 127.0.0.1:0"
 )
 SMALL = ["--interval", "500ms", "--timeout", "1s", "--retries", "2", "--target", "builtin"]
 
