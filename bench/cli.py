@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind",
         action="append",
         metavar="KIND",
-        help="check kind: http, tcp or exec; repeat or give a comma list (default: http)",
+        help="check kind: http, https, tcp or exec; repeat or give a comma list (default: http)",
     )
     p.add_argument("--n", type=_positive_int, default=1000, help="workloads (default: 1000)")
     p.add_argument("--interval", type=_duration, default=1.0, help="check interval (default: 1s)")
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         choices=["auto", "nginx", "builtin"],
         default="auto",
-        help="http/tcp target: nginx if on PATH (auto), or the built-in server (default: auto)",
+        help="http/https/tcp target: nginx if on PATH (auto), or the built-in server "
+        "(default: auto)",
     )
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
@@ -145,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     nginx = shutil.which("nginx")
     if opts.target == "nginx" and nginx is None and any(k != "exec" for k in kinds):
         print("bench: --target nginx: nginx is not on PATH", file=sys.stderr)
+        return 2
+    if "https" in kinds and shutil.which("openssl") is None:
+        print(
+            "bench: --kind https: the openssl command (for its certificates) is not on PATH",
+            file=sys.stderr,
+        )
         return 2
     tcp = host_tcp_limits()
     environment = environment_note(tcp)

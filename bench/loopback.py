@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import socket
 
+from bench.certs import CertFiles
 from bench.errors import BenchError
 from bench.workloads import CheckTarget, http_target, tcp_target
 
@@ -34,6 +35,11 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> bytes:
         conn.close()
 
 
-def check_target(kind: str, port: int) -> CheckTarget:
-    """What the workloads of ``kind`` check on a loopback server listening on ``port``."""
+def check_target(kind: str, port: int, tls: CertFiles | None = None) -> CheckTarget:
+    """What the workloads of ``kind`` check on a loopback server listening on ``port``; for
+    https, ``tls`` holds the CA they trust."""
+    if kind == "https":
+        if tls is None:
+            raise BenchError("an https target needs its certificates")
+        return http_target(port, LOOPBACK, ca_file=str(tls.ca))
     return http_target(port, LOOPBACK) if kind == "http" else tcp_target(port, LOOPBACK)

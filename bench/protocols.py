@@ -16,6 +16,15 @@ class Counts:
     connections: int | None  # connections accepted; None without a server (exec)
 
 
+@dataclass(frozen=True)
+class TlsStats:
+    """TLS handshakes a target completed over a run, and how many resumed a session."""
+
+    handshakes: int
+    resumed: int
+    versions: dict[str, int]  # handshakes by protocol version ("TLSv1.3": 1000)
+
+
 class Target(Protocol):
     """The loopback target of the N measured workloads."""
 
@@ -27,6 +36,11 @@ class Target(Protocol):
 
     def counts(self) -> Counts:
         """Checks and connections seen so far."""
+        ...
+
+    def tls_stats(self) -> TlsStats | None:
+        """TLS handshakes so far (None when the target speaks no TLS). Call it once the checks
+        are over: nginx's are counted in a log it writes when it stops, and it is stopped."""
         ...
 
     def stop(self) -> None: ...

@@ -86,6 +86,12 @@ def details(results: Sequence[KindResult]) -> str:
                 f"target {tw.end.server}, host {tw.end.host} "
                 f"({tw.samples} samples, {tw.sample_ms:.1f} ms each)"
             )
+        if r.tls is not None:
+            versions = ", ".join(f"{v} {n}" for v, n in sorted(r.tls.versions.items()))
+            lines.append(
+                f"{r.kind}: TLS handshakes at the target over the run: {r.tls.handshakes}, "
+                f"of which resumed {r.tls.resumed} ({versions or 'none'})"
+            )
         lines += [f"{r.kind}: note: {note}" for note in r.notes]
     return "\n".join(lines)
 

@@ -18,12 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.certs import make_certificates
 from bench.cleanup import Resources
 from bench.errors import BenchError
 from bench.histogram import window_lag
 from bench.logscan import EventTally, LogFollower, parse_time
 from bench.proc import CpuSample, cpu_sample, peak_rss_mb, sleep_until, spawn, stop_group
-from bench.protocols import Counts, Target
+from bench.protocols import Counts, Target, TlsStats
 from bench.targets import make_sentinel, make_target
 from bench.timewait import HostTcpLimits, TimeWaitSampler, TimeWaitSummary, host_tcp_limits
 from bench.workloads import SENTINELS, bench_specs, write_workloads
@@ -90,6 +91,7 @@ class KindResult:
     sentinel_fails_before_break: int
     daemon_exit: int | None
     time_wait: TimeWaitSummary | None = None  # sampled over the window; None for exec
+    tls: TlsStats | None = None  # handshakes at the target over the run (https)
     workdir: str | None = None  # kept with --keep
     notes: list[str] = field(default_factory=list)
 
@@ -202,10 +204,11 @@ def run_kind(
         config_dir, status_dir = workdir / "config", workdir / "status"
         status_dir.mkdir()
 
-        target = make_target(kind, opts.target, nginx, workdir)
+        tls = make_certificates(workdir / "tls") if kind == "https" else None
+        target = make_target(kind, opts.target, nginx, workdir, tls)
         res.callback(target.stop)
         measured = target.start()
-        sentinel = make_sentinel(kind, workdir)
+        sentinel = make_sentinel(kind, workdir, tls)
         res.callback(sentinel.stop)
         sentinel_check = sentinel.start()
         specs = bench_specs(
@@ -268,6 +271,7 @@ def run_kind(
 
         exit_code = daemon.stop()
         tally.feed(follower.finish(), after_break=True)
+        tls_stats = target.tls_stats()
 
     window = last.at - first.at
     checks = max(last.counts.checks - first.counts.checks, 0)
@@ -335,6 +339,7 @@ def run_kind(
         sentinel_fails_before_break=tally.sentinel_fails_before_break,
         daemon_exit=exit_code,
         time_wait=tw,
+        tls=tls_stats,
         workdir=str(workdir) if opts.keep else None,
         notes=notes,
     )

@@ -5,8 +5,11 @@ Everything listens on 127.0.0.1 only.
 - ``NginxTarget`` (``nginx.py``): nginx in a temporary prefix with a generated config.
 - ``BuiltinTarget``: ``target_server.py`` in a child process, with a stats port of its own.
 - ``ExecTarget``: the command ``printf x >> FILE``; the file's size counts the checks.
-- Sentinels: a separate built-in server (http, tcp) or ``test -e FLAG`` (exec) that the bench
-  breaks on purpose to time healthd's detection.
+- Sentinels: a separate built-in server (http, https, tcp) or ``test -e FLAG`` (exec) that the
+  bench breaks on purpose to time healthd's detection.
+
+For https the measured target and the sentinels' server present a certificate for 127.0.0.1
+signed by a CA made for the run (``certs.py``), which the workloads trust with ``ca_file``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from bench.certs import CertFiles
 from bench.errors import BenchError
 from bench.loopback import LOOPBACK, START_TIMEOUT, check_target, http_get
 from bench.nginx import NginxTarget
 from bench.proc import spawn, stop_group, tail
-from bench.protocols import Counts, Sentinel, Target
-from bench.workloads import CheckTarget
+from bench.protocols import Counts, Sentinel, Target, TlsStats
+from bench.workloads import HTTP_KINDS, CheckTarget
 
 SERVER_SCRIPT = Path(__file__).with_name("target_server.py")
 
@@ -53,18 +58,30 @@ def _read_line(stream: IO[bytes], timeout: float) -> bytes:
     return data
 
 
-class BuiltinServer:
-    """``target_server.py`` as a child process in a session of its own."""
+@dataclass(frozen=True)
+class ServerStats:
+    """The built-in server's counters, on its target port."""
 
-    def __init__(self, label: str, log_path: Path) -> None:
+    requests: int
+    accepted: int
+    tls: TlsStats
+
+
+class BuiltinServer:
+    """``target_server.py`` as a child process in a session of its own; TLS with ``tls``."""
+
+    def __init__(self, label: str, log_path: Path, tls: CertFiles | None = None) -> None:
         self.label = label
         self.log_path = log_path
+        self.tls = tls
         self.port = 0
         self.stats_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         argv = [sys.executable, str(SERVER_SCRIPT), "--host", LOOPBACK, "--label", self.label]
+        if self.tls is not None:
+            argv += ["--cert", str(self.tls.cert), "--key", str(self.tls.key)]
         with self.log_path.open("ab") as log:
             self._proc = spawn(argv, stdout=subprocess.PIPE, stderr=log)
         assert self._proc.stdout is not None
@@ -81,10 +98,12 @@ class BuiltinServer:
                 f"the built-in target did not start: {tail(self.log_path) or 'no output'}"
             ) from None
 
-    def counts(self) -> tuple[int, int]:
-        """(requests, accepted connections) on the target port so far."""
-        stats = json.loads(http_get(self.stats_port, "/stats"))
-        return int(stats["requests"]), int(stats["accepted"])
+    def stats(self) -> ServerStats:
+        """The counters so far."""
+        got = json.loads(http_get(self.stats_port, "/stats"))
+        versions = {str(k): int(v) for k, v in got["tls_versions"].items()}
+        tls = TlsStats(int(got["tls_handshakes"]), int(got["tls_resumed"]), versions)
+        return ServerStats(int(got["requests"]), int(got["accepted"]), tls)
 
     def stop(self) -> None:
         """Close the listeners and connections (SIGTERM), and wait for the process to end."""
@@ -95,17 +114,20 @@ class BuiltinServer:
 class BuiltinTarget:
     name = "builtin"
 
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(self, kind: str, workdir: Path, tls: CertFiles | None = None) -> None:
         self.kind = kind
-        self.server = BuiltinServer(f"healthd-bench-target:{workdir}", workdir / "target.log")
+        self.server = BuiltinServer(f"healthd-bench-target:{workdir}", workdir / "target.log", tls)
 
     def start(self) -> CheckTarget:
         self.server.start()
-        return check_target(self.kind, self.server.port)
+        return check_target(self.kind, self.server.port, self.server.tls)
 
     def counts(self) -> Counts:
-        requests, accepted = self.server.counts()
-        return Counts(requests if self.kind == "http" else accepted, accepted)
+        stats = self.server.stats()
+        return Counts(stats.requests if self.kind in HTTP_KINDS else stats.accepted, stats.accepted)
+
+    def tls_stats(self) -> TlsStats | None:
+        return self.server.stats().tls if self.server.tls is not None else None
 
     def stop(self) -> None:
         self.server.stop()
@@ -132,6 +154,9 @@ class ExecTarget:
         except FileNotFoundError:
             return Counts(0, None)
 
+    def tls_stats(self) -> TlsStats | None:
+        return None
+
     def stop(self) -> None:
         pass
 
@@ -140,15 +165,18 @@ class ExecTarget:
 
 
 class ServerSentinel:
-    """A built-in server of its own; breaking it closes its listener and connections."""
+    """A built-in server of its own (TLS with ``tls``); breaking it closes its listener and
+    connections."""
 
-    def __init__(self, kind: str, workdir: Path) -> None:
+    def __init__(self, kind: str, workdir: Path, tls: CertFiles | None = None) -> None:
         self.kind = kind
-        self.server = BuiltinServer(f"healthd-bench-sentinel:{workdir}", workdir / "sentinel.log")
+        self.server = BuiltinServer(
+            f"healthd-bench-sentinel:{workdir}", workdir / "sentinel.log", tls
+        )
 
     def start(self) -> CheckTarget:
         self.server.start()
-        return check_target(self.kind, self.server.port)
+        return check_target(self.kind, self.server.port, self.server.tls)
 
     def break_(self) -> None:
         self.server.stop()
@@ -174,18 +202,21 @@ class FlagSentinel:
         pass
 
 
-def make_target(kind: str, choice: str, nginx: str | None, workdir: Path) -> Target:
-    """The measured target for ``kind`` (not started); ``choice`` is auto, nginx or builtin."""
+def make_target(
+    kind: str, choice: str, nginx: str | None, workdir: Path, tls: CertFiles | None = None
+) -> Target:
+    """The measured target for ``kind`` (not started); ``choice`` is auto, nginx or builtin;
+    ``tls``: the server's certificate, for https."""
     if kind == "exec":
         return ExecTarget(workdir / "exec-count")
     if choice == "nginx" or (choice == "auto" and nginx):
         if not nginx:
             raise BenchError("--target nginx: nginx is not on PATH")
-        return NginxTarget(kind, nginx, workdir / "nginx")
-    return BuiltinTarget(kind, workdir)
+        return NginxTarget(kind, nginx, workdir / "nginx", tls)
+    return BuiltinTarget(kind, workdir, tls)
 
 
-def make_sentinel(kind: str, workdir: Path) -> Sentinel:
+def make_sentinel(kind: str, workdir: Path, tls: CertFiles | None = None) -> Sentinel:
     if kind == "exec":
         return FlagSentinel(workdir / "sentinel-flag")
-    return ServerSentinel(kind, workdir)
+    return ServerSentinel(kind, workdir, tls)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from healthd.durations import format_seconds
 
-KINDS = ("http", "tcp", "exec")
+KINDS = ("http", "https", "tcp", "exec")
+HTTP_KINDS = ("http", "https")  # healthd's type http; https is its scheme: https
 SENTINELS = ("sentinel0", "sentinel1", "sentinel2")
 
 
@@ -23,8 +24,9 @@ class CheckTarget:
     """What a check of one kind points at: URL path, port string or shell command."""
 
     target: str
-    port: int | None = None  # http and tcp only
-    host: str | None = None  # http and tcp only
+    port: int | None = None  # http, https and tcp only
+    host: str | None = None  # http, https and tcp only
+    ca_file: str | None = None  # https only: the CA the workloads trust (verification on)
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,8 @@ def workload_name(index: int) -> str:
     return f"wl{index:05d}"
 
 
-def http_target(port: int, host: str = "127.0.0.1") -> CheckTarget:
-    return CheckTarget("/healthz", port, host)
+def http_target(port: int, host: str = "127.0.0.1", ca_file: str | None = None) -> CheckTarget:
+    return CheckTarget("/healthz", port, host, ca_file)
 
 
 def tcp_target(port: int, host: str = "127.0.0.1") -> CheckTarget:
@@ -55,13 +57,17 @@ def render(spec: WorkloadSpec) -> str:
         raise ValueError(f"unknown check kind {spec.kind!r}")
     lines = [
         f"workload: {spec.name}",
-        f"type: {spec.kind}",
+        f"type: {'http' if spec.kind in HTTP_KINDS else spec.kind}",
         f"target: {json.dumps(spec.check.target)}",
     ]
     if spec.kind != "exec":
         if spec.check.port is None or spec.check.host is None:
             raise ValueError(f"{spec.kind} workload {spec.name} needs a port and a host")
         lines += [f"port: {spec.check.port}", f"host: {spec.check.host}"]
+    if spec.kind == "https":
+        if spec.check.ca_file is None:
+            raise ValueError(f"https workload {spec.name} needs a ca_file")
+        lines += ["scheme: https", f"ca_file: {json.dumps(spec.check.ca_file)}"]
     lines += [
         f"interval: {format_seconds(spec.interval)}",
         f"timeout: {format_seconds(spec.timeout)}",

@@ -12,8 +12,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from .conftest import ROOT
 
@@ -108,6 +111,37 @@ def test_http_and_exec_report_sane_numbers(tmp_path: Path) -> None:
     assert any(line.startswith("exec ") for line in err.splitlines())
     # nothing left behind: no process, no temporary directory
     assert processes_mentioning(str(tmp_path)) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.needs("openssl")
+@pytest.mark.parametrize("target", ["builtin", "nginx"])
+def test_https_checks_verify_and_count_handshakes(
+    require_binary: Callable[[str], str], tmp_path: Path, target: str
+) -> None:
+    require_binary("openssl")
+    if target == "nginx":
+        require_binary("nginx")
+    proc = bench(
+        tmp_path, "--kind", "https", "--target", target, "--n", "20", "--warmup", "2",
+        "--window", "2", "--json",
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    (r,) = json.loads(out)["results"]
+    assert (r["kind"], r["target"]) == ("https", target)
+    # requests arrive only after a handshake the checks verified against the bench's CA
+    assert r["checks_in_window"] > 0
+    assert r["connections_per_s"] > 0
+    tls = r["tls"]
+    assert tls["handshakes"] >= r["checks_in_window"]
+    assert 0 <= tls["resumed"] <= tls["handshakes"]
+    assert sum(tls["versions"].values()) == tls["handshakes"]
+    assert all(v is not None for v in r["detection_s"].values()), r["notes"]  # TLS sentinels
+    assert f"https: TLS handshakes at the target over the run: {tls['handshakes']}," in err
     assert list(tmp_path.iterdir()) == []
 
 

@@ -52,7 +52,7 @@ def test_builtin_server_counts_requests_and_connections(server: BuiltinServer) -
             assert response.read() == (b"ok\n" if path == "/healthz" else b"not found\n")
     finally:
         conn.close()
-    assert server.counts() == (3, 1)
+    assert (server.stats().requests, server.stats().accepted) == (3, 1)
 
     with socket.create_connection((LOOPBACK, server.port), timeout=5) as sock:  # pipelined
         sock.sendall(
@@ -64,10 +64,10 @@ def test_builtin_server_counts_requests_and_connections(server: BuiltinServer) -
             received += chunk
     assert received.count(b"HTTP/1.1 200 OK") == 2
     assert received.endswith(b"Connection: close\r\n\r\n")  # HEAD: no body
-    assert server.counts() == (5, 2)
+    assert (server.stats().requests, server.stats().accepted) == (5, 2)
 
     socket.create_connection((LOOPBACK, server.port), timeout=5).close()  # a TCP check
-    assert eventually(lambda: server.counts() == (5, 3))
+    assert eventually(lambda: (server.stats().requests, server.stats().accepted) == (5, 3))
 
 
 def test_sentinel_breaks_by_closing_its_port(tmp_path: Path) -> None:

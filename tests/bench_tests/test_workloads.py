@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 from bench.workloads import (
     SENTINELS,
@@ -58,6 +60,17 @@ def test_render_exec_quotes_the_command_and_has_no_address() -> None:
     assert "host" not in data
 
 
+def test_render_https_is_http_with_scheme_and_ca_file() -> None:
+    check = http_target(8443, ca_file="/run/bench/ca.pem")
+    data = yaml.safe_load(render(WorkloadSpec("wl00000", "https", check, 1.0, 5.0, 3)))
+    assert data["type"] == "http"
+    assert data["scheme"] == "https"
+    assert data["ca_file"] == "/run/bench/ca.pem"
+    assert "tls_skip_verify" not in data  # verification stays on, as in production
+    with pytest.raises(ValueError, match="needs a ca_file"):
+        render(WorkloadSpec("wl00000", "https", http_target(8443), 1.0, 5.0, 3))
+
+
 def test_render_refuses_an_address_check_without_address() -> None:
     with pytest.raises(ValueError, match="needs a port"):
         render(WorkloadSpec("x", "http", CheckTarget("/healthz"), 1.0, 5.0, 3))
@@ -78,6 +91,7 @@ def test_bench_specs_names_and_sentinels() -> None:
     ("kind", "measured", "sentinel"),
     [
         ("http", http_target(18080), http_target(18081)),
+        ("https", http_target(18443, ca_file="CA"), http_target(18444, ca_file="CA")),
         ("tcp", tcp_target(18080), tcp_target(18081)),
         ("exec", CheckTarget("printf x >> /tmp/count"), CheckTarget("test -e /tmp/flag")),
     ],
@@ -85,6 +99,11 @@ def test_bench_specs_names_and_sentinels() -> None:
 def test_healthd_loads_every_file_as_written(
     tmp_path: Path, kind: str, measured: CheckTarget, sentinel: CheckTarget
 ) -> None:
+    if kind == "https":  # the loader reads the CA file: a real one, in place of "CA"
+        ca = tmp_path / "ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(ca))
+        measured = replace(measured, ca_file=str(ca))
+        sentinel = replace(sentinel, ca_file=str(ca))
     specs = bench_specs(kind, 25, measured, sentinel, interval=0.25, timeout=2.0, retries=2)
     paths = write_workloads(tmp_path / "config", specs)
     assert [p.name for p in paths] == [f"{s.name}.yaml" for s in specs]
@@ -94,7 +113,9 @@ def test_healthd_loads_every_file_as_written(
     assert sorted(loaded.configs) == sorted(s.name for s in specs)
     for spec in specs:
         cfg = loaded.configs[spec.name]
-        assert cfg.type == kind
+        assert cfg.type == ("http" if kind == "https" else kind)
+        assert cfg.scheme == ("https" if kind == "https" else None)
+        assert cfg.ca_file == spec.check.ca_file
         assert cfg.target == spec.check.target
         assert cfg.interval == 0.25
         assert cfg.timeout == 2.0
