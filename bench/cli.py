@@ -21,7 +21,7 @@ from bench.runner import (
     run_kind,
 )
 from bench.timewait import host_tcp_limits
-from bench.workloads import KINDS
+from bench.workloads import HTTP_KINDS, KINDS
 from healthd.durations import parse_seconds
 from healthd.errors import DurationError
 
@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="http/https/tcp target: nginx if on PATH (auto), or the built-in server "
         "(default: auto)",
     )
+    p.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="keep_alive: true in every workload file: one connection kept between checks "
+        "instead of a new one per check (http and https only)",
+    )
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
     return p
@@ -136,8 +142,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         window=args.window,
         healthd=args.healthd,
         target=args.target,
+        keep_alive=args.keep_alive,
         keep=args.keep,
     )
+    no_connection = [k for k in kinds if k not in HTTP_KINDS]
+    if opts.keep_alive and no_connection:
+        print(
+            f"bench: --keep-alive: {' and '.join(no_connection)} checks keep no connection "
+            "between checks; it is for --kind http and https only",
+            file=sys.stderr,
+        )
+        return 2
     try:
         daemon_argv(opts.healthd, Path("config"), Path("status"))
     except BenchError as exc:

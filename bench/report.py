@@ -50,6 +50,7 @@ def header(opts: Options, environment: str) -> str:
     return (
         f"healthd bench: N={opts.n} interval={format_seconds(opts.interval)} "
         f"timeout={format_seconds(opts.timeout)} retries={opts.retries} "
+        f"keep_alive={'true' if opts.keep_alive else 'false'} "
         f"warm-up={opts.warmup:g}s window={opts.window:g}s ({environment})"
     )
 

@@ -50,6 +50,7 @@ class Options:
     window: float = 20.0
     healthd: str = DEFAULT_HEALTHD
     target: str = "auto"  # auto | nginx | builtin
+    keep_alive: bool = False  # keep_alive: true in every workload file (http, https)
     keep: bool = False
 
     @property
@@ -219,6 +220,7 @@ def run_kind(
             interval=opts.interval,
             timeout=opts.timeout,
             retries=opts.retries,
+            keep_alive=opts.keep_alive,
         )
         write_workloads(config_dir, specs)
         where = f"{measured.host}:{measured.port}" if measured.port is not None else measured.target

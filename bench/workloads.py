@@ -2,7 +2,9 @@
 
 One YAML file per workload, named after it (``wl00000.yaml``, ...). Every value is written
 explicitly so the run does not depend on defaults; ``target`` is always a double-quoted string
-(JSON's quoting is valid YAML), which keeps a shell command or a port number a string.
+(JSON's quoting is valid YAML), which keeps a shell command or a port number a string. The one
+exception is ``keep_alive``, written only when asked for (``--keep-alive``): a healthd from
+before that key would refuse every file that has it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class WorkloadSpec:
     interval: float
     timeout: float
     retries: int
+    keep_alive: bool = False  # http and https only
 
 
 def workload_name(index: int) -> str:
@@ -68,6 +71,10 @@ def render(spec: WorkloadSpec) -> str:
         if spec.check.ca_file is None:
             raise ValueError(f"https workload {spec.name} needs a ca_file")
         lines += ["scheme: https", f"ca_file: {json.dumps(spec.check.ca_file)}"]
+    if spec.keep_alive:
+        if spec.kind not in HTTP_KINDS:
+            raise ValueError(f"{spec.kind} workload {spec.name}: keep_alive is for http and https")
+        lines.append("keep_alive: true")
     lines += [
         f"interval: {format_seconds(spec.interval)}",
         f"timeout: {format_seconds(spec.timeout)}",
@@ -86,12 +93,14 @@ def bench_specs(
     interval: float,
     timeout: float,
     retries: int,
+    keep_alive: bool = False,
 ) -> list[WorkloadSpec]:
-    """N workloads ``wl00000``... on ``measured``, then the sentinels on ``sentinel``."""
-    specs = [
-        WorkloadSpec(workload_name(i), kind, measured, interval, timeout, retries) for i in range(n)
-    ]
-    specs += [WorkloadSpec(s, kind, sentinel, interval, timeout, retries) for s in SENTINELS]
+    """N workloads ``wl00000``... on ``measured``, then the sentinels on ``sentinel``; all of
+    them keep their connection with ``keep_alive`` (the sentinels too, so that detection is
+    timed for the checks measured)."""
+    common = (interval, timeout, retries, keep_alive)
+    specs = [WorkloadSpec(workload_name(i), kind, measured, *common) for i in range(n)]
+    specs += [WorkloadSpec(s, kind, sentinel, *common) for s in SENTINELS]
     return specs
 
 

@@ -88,8 +88,8 @@ def test_http_and_exec_report_sane_numbers(tmp_path: Path) -> None:
             assert lag is None or lag >= 0, kind
     http, exec_ = results["http"], results["exec"]
     # a new connection per check by default, each reset by healthd: nothing in TIME-WAIT
-    assert http["connections_per_s"] > 0
-    assert http["connections_per_s"] <= http["achieved_per_s"] * 1.05
+    assert 0.9 <= http["connections_per_s"] / http["achieved_per_s"] <= 1.1
+    assert report["options"]["keep_alive"] is False
     tw = http["time_wait"]
     assert tw["samples"] >= 3  # the window's start and end, and once a second between
     assert tw["sample_ms"] > 0
@@ -143,6 +143,37 @@ def test_https_checks_verify_and_count_handshakes(
     assert all(v is not None for v in r["detection_s"].values()), r["notes"]  # TLS sentinels
     assert f"https: TLS handshakes at the target over the run: {tls['handshakes']}," in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_keep_alive_keeps_connections(tmp_path: Path) -> None:
+    proc = bench(
+        tmp_path, "--kind", "http", "--keep-alive", "--n", "20", "--warmup", "2", "--window", "2",
+        "--json",
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["options"]["keep_alive"] is True
+    (header,) = [line for line in err.splitlines() if line.startswith("healthd bench: ")]
+    assert " keep_alive=true " in header
+    (r,) = report["results"]
+    assert r["checks_in_window"] > 0
+    # the connections were opened in the warm-up, and kept: few or none are new
+    assert r["connections_per_s"] < 0.2 * r["achieved_per_s"]
+    assert all(v is not None for v in r["detection_s"].values()), r["notes"]
+
+
+@pytest.mark.parametrize("kind", ["tcp", "exec"])
+def test_keep_alive_is_refused_for_kinds_without_a_connection(tmp_path: Path, kind: str) -> None:
+    proc = bench(tmp_path, "--kind", f"http,{kind}", "--keep-alive")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out == ""
+    assert f"bench: --keep-alive: {kind} checks keep no connection" in err
+    assert list(tmp_path.iterdir()) == []  # nothing started
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:

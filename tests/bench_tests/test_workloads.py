@@ -87,24 +87,38 @@ def test_bench_specs_names_and_sentinels() -> None:
     assert {s.check.port for s in specs[3:]} == {2000}
 
 
+def test_keep_alive_is_written_only_when_asked_and_only_for_http() -> None:
+    default = render(WorkloadSpec("a", "http", http_target(80), 1.0, 5.0, 3))
+    assert "keep_alive" not in default  # a healthd without the key still loads the file
+    kept = yaml.safe_load(render(WorkloadSpec("a", "http", http_target(80), 1.0, 5.0, 3, True)))
+    assert kept["keep_alive"] is True
+    for kind, check in [("tcp", tcp_target(80)), ("exec", CheckTarget("true"))]:
+        with pytest.raises(ValueError, match="keep_alive is for http and https"):
+            render(WorkloadSpec("a", kind, check, 1.0, 5.0, 3, keep_alive=True))
+
+
 @pytest.mark.parametrize(
-    ("kind", "measured", "sentinel"),
+    ("kind", "measured", "sentinel", "keep_alive"),
     [
-        ("http", http_target(18080), http_target(18081)),
-        ("https", http_target(18443, ca_file="CA"), http_target(18444, ca_file="CA")),
-        ("tcp", tcp_target(18080), tcp_target(18081)),
-        ("exec", CheckTarget("printf x >> /tmp/count"), CheckTarget("test -e /tmp/flag")),
+        ("http", http_target(18080), http_target(18081), False),
+        ("http", http_target(18080), http_target(18081), True),
+        ("https", http_target(18443, ca_file="CA"), http_target(18444, ca_file="CA"), False),
+        ("https", http_target(18443, ca_file="CA"), http_target(18444, ca_file="CA"), True),
+        ("tcp", tcp_target(18080), tcp_target(18081), False),
+        ("exec", CheckTarget("printf x >> /tmp/count"), CheckTarget("test -e /tmp/flag"), False),
     ],
 )
 def test_healthd_loads_every_file_as_written(
-    tmp_path: Path, kind: str, measured: CheckTarget, sentinel: CheckTarget
+    tmp_path: Path, kind: str, measured: CheckTarget, sentinel: CheckTarget, keep_alive: bool
 ) -> None:
     if kind == "https":  # the loader reads the CA file: a real one, in place of "CA"
         ca = tmp_path / "ca.pem"
         trustme.CA().cert_pem.write_to_path(str(ca))
         measured = replace(measured, ca_file=str(ca))
         sentinel = replace(sentinel, ca_file=str(ca))
-    specs = bench_specs(kind, 25, measured, sentinel, interval=0.25, timeout=2.0, retries=2)
+    specs = bench_specs(
+        kind, 25, measured, sentinel, interval=0.25, timeout=2.0, retries=2, keep_alive=keep_alive
+    )
     paths = write_workloads(tmp_path / "config", specs)
     assert [p.name for p in paths] == [f"{s.name}.yaml" for s in specs]
 
@@ -121,6 +135,7 @@ def test_healthd_loads_every_file_as_written(
         assert cfg.timeout == 2.0
         assert cfg.retries == 2
         assert cfg.enabled
+        assert cfg.keep_alive == (True if keep_alive else None)  # sentinels included
         if kind == "exec":
             assert cfg.host is None
         else:
