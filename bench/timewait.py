@@ -14,8 +14,10 @@ with addresses as hex 32-bit words in the host's byte order, ports as hex, and s
 for TIME-WAIT. That is one pass over text and no process started (``ss -tan state time-wait |
 wc -l`` costs a fork, an exec and its own pass). A socket of an IPv6 dual-stack listener or
 client talking IPv4 is in ``tcp6``, with the IPv4 address mapped (``::ffff:127.0.0.1``); both
-forms of the target's address are matched. The text is about 150 bytes a socket: at 100,000
-sockets, 15 MB to read and split, about 30 ms here: the bench samples once a second.
+forms of the target's address are matched. Most of a sample's cost is the kernel's: it walks
+its whole connection table (a few ms, even with no socket to list) and formats some 150 bytes
+per socket, about 1.6 µs each on a small VM, splitting them here adding a fifth: some 30 ms
+at 15,000 sockets, 200 ms at 100,000. Hence once a second, and the bench reports the time.
 """
 
 from __future__ import annotations
