@@ -12,7 +12,7 @@ from bench.workloads import CheckTarget
 class Counts:
     """What a target has seen so far."""
 
-    checks: int  # http requests, tcp accepted connections or exec appends
+    checks: int  # http(s) requests, tcp accepted connections or exec appends
     connections: int | None  # connections accepted; None without a server (exec)
 
 
