@@ -5,19 +5,23 @@ checker that closes first ties up one local port per connection to the same serv
 out of ``net.ipv4.ip_local_port_range``; the host holds at most ``net.ipv4.tcp_max_tw_buckets``
 of them (more are destroyed at once, with a "TCP: time wait bucket table overflow" warning).
 
-Counting reads the tables the kernel prints for ``ss``, rows of the form
+Counting reads the tables the kernel prints for netstat, rows of the form
 
     sl  local_address rem_address   st ...
     0: 0100007F:1F90 0100007F:A3B2 06 ...
 
 with addresses as hex 32-bit words in the host's byte order, ports as hex, and state ``06``
-for TIME-WAIT. That is one pass over text and no process started (``ss -tan state time-wait |
-wc -l`` costs a fork, an exec and its own pass). A socket of an IPv6 dual-stack listener or
-client talking IPv4 is in ``tcp6``, with the IPv4 address mapped (``::ffff:127.0.0.1``); both
-forms of the target's address are matched. Most of a sample's cost is the kernel's: it walks
-its whole connection table (a few ms, even with no socket to list) and formats some 150 bytes
-per socket, about 1.6 µs each on a small VM, splitting them here adding a fifth: some 30 ms
-at 15,000 sockets, 200 ms at 100,000. Hence once a second, and the bench reports the time.
+for TIME-WAIT. That is one read and one pass for both sides, with no process started
+(``ss -tan state time-wait | wc -l`` costs a fork and an exec a sample, and a run per side).
+A socket of an IPv6 dual-stack listener or client talking IPv4 is in ``tcp6``, with the IPv4
+address mapped (``::ffff:127.0.0.1``); both forms of the target's address are matched.
+
+Most of a sample's cost is the kernel's: it walks its whole connection table (a few ms, even
+with no socket to list) and formats some 150 bytes per socket, about 1.6 µs each on a small
+VM; splitting them here adds a fifth. Some 30 ms at 15,000 sockets, 200 ms at 100,000: hence
+once a second, less often when a sample is slow, and the bench reports the time. (``ss`` asks
+through netlink ``sock_diag``, which filters by state in the kernel: the cheaper way at that
+scale, if it is ever needed.)
 """
 
 from __future__ import annotations
@@ -93,26 +97,40 @@ class TimeWaitSummary:
 
 
 class TimeWaitSampler:
-    """Samples ``count_time_wait`` at most once per ``period``; keeps each figure's peak."""
+    """Samples ``count_time_wait`` at most once per ``period``; keeps each figure's peak.
+
+    A sample that took long spaces the next ones out, so that sampling takes at most
+    ``max_share`` of a core: the bench runs on the cores it measures healthd on, and a host
+    holding 100,000 sockets makes a sample cost some 200 ms.
+    """
 
     def __init__(
-        self, host: str, port: int, *, period: float = 1.0, tables: Sequence[Path] = PROC_TABLES
+        self,
+        host: str,
+        port: int,
+        *,
+        period: float = 1.0,
+        max_share: float = 0.05,
+        tables: Sequence[Path] = PROC_TABLES,
     ) -> None:
         self.host = host
         self.port = port
         self.period = period
+        self.max_share = max_share
         self.tables = tables
         self.samples = 0
         self.read_seconds = 0.0  # spent reading and counting: the sampling's own cost
         self.last: TimeWaitCount | None = None
         self.peak: TimeWaitCount | None = None
-        self._at = -float("inf")
+        self._at = -float("inf")  # when the last sample ended
+        self._cost = 0.0  # what it took
 
     def sample(self) -> TimeWaitCount:
         started = time.monotonic()
         now = count_time_wait(self.host, self.port, self.tables)
         self._at = time.monotonic()
-        self.read_seconds += self._at - started
+        self._cost = self._at - started
+        self.read_seconds += self._cost
         self.samples += 1
         self.last = now
         peak = self.peak
@@ -126,8 +144,9 @@ class TimeWaitSampler:
         return now
 
     def maybe_sample(self) -> None:
-        """A sample, if the last one is ``period`` old or more."""
-        if time.monotonic() - self._at >= self.period:
+        """A sample, if the last one is ``period`` old or more (more after a slow one)."""
+        spacing = max(self.period, self._cost / self.max_share)
+        if time.monotonic() - self._at >= spacing:
             self.sample()
 
     @property

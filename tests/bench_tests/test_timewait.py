@@ -165,6 +165,22 @@ def test_sampler_keeps_each_peak_and_the_last_sample(tmp_path: Path) -> None:
     assert sampler.read_ms >= 0
 
 
+def test_sampler_spaces_out_samples_that_cost_too_much(tmp_path: Path) -> None:
+    table = tmp_path / "tcp"
+    table.write_text(HEADER + row(0, ("127.0.0.1", 40000), ("127.0.0.1", 443), "06"))
+    frugal = TimeWaitSampler("127.0.0.1", 443, period=0, max_share=1e-9, tables=[table])
+    frugal.sample()
+    time.sleep(0.05)
+    frugal.maybe_sample()  # its cost over a billionth of a core: not due for a long while
+    assert frugal.samples == 1
+
+    eager = TimeWaitSampler("127.0.0.1", 443, period=0, max_share=0.5, tables=[table])
+    eager.sample()
+    time.sleep(2 * eager.read_seconds + 0.01)  # twice what the sample cost: due
+    eager.maybe_sample()
+    assert eager.samples == 2
+
+
 def test_host_tcp_limits(tmp_path: Path) -> None:
     (tmp_path / "ip_local_port_range").write_text("32768\t60999\n")
     (tmp_path / "tcp_max_tw_buckets").write_text("262144\n")
