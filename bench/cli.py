@@ -20,7 +20,8 @@ from bench.runner import (
     environment_note,
     run_kind,
 )
-from bench.workloads import KINDS
+from bench.timewait import host_tcp_limits
+from bench.workloads import HTTP_KINDS, KINDS
 from healthd.durations import parse_seconds
 from healthd.errors import DurationError
 
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind",
         action="append",
         metavar="KIND",
-        help="check kind: http, tcp or exec; repeat or give a comma list (default: http)",
+        help="check kind: http, https, tcp or exec; repeat or give a comma list (default: http)",
     )
     p.add_argument("--n", type=_positive_int, default=1000, help="workloads (default: 1000)")
     p.add_argument("--interval", type=_duration, default=1.0, help="check interval (default: 1s)")
@@ -89,7 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         choices=["auto", "nginx", "builtin"],
         default="auto",
-        help="http/tcp target: nginx if on PATH (auto), or the built-in server (default: auto)",
+        help="http/https/tcp target: nginx if on PATH (auto), or the built-in server "
+        "(default: auto)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="keep_alive: true in every workload file: one connection kept between checks "
+        "instead of a new one per check (http and https only)",
     )
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
@@ -134,8 +142,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         window=args.window,
         healthd=args.healthd,
         target=args.target,
+        keep_alive=args.keep_alive,
         keep=args.keep,
     )
+    no_connection = [k for k in kinds if k not in HTTP_KINDS]
+    if opts.keep_alive and no_connection:
+        print(
+            f"bench: --keep-alive: {' and '.join(no_connection)} checks keep no connection "
+            "between checks; it is for --kind http and https only",
+            file=sys.stderr,
+        )
+        return 2
     try:
         daemon_argv(opts.healthd, Path("config"), Path("status"))
     except BenchError as exc:
@@ -145,7 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.target == "nginx" and nginx is None and any(k != "exec" for k in kinds):
         print("bench: --target nginx: nginx is not on PATH", file=sys.stderr)
         return 2
-    environment = environment_note()
+    if "https" in kinds and shutil.which("openssl") is None:
+        print(
+            "bench: --kind https: the openssl command (for its certificates) is not on PATH",
+            file=sys.stderr,
+        )
+        return 2
+    tcp = host_tcp_limits()
+    environment = environment_note(tcp)
     results: list[KindResult] = []
     code = 0
     try:
@@ -166,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = render_text(opts, environment, results)
     if args.json:
         say(text)
-        print(to_json(opts, environment, results))
+        print(to_json(opts, environment, results, tcp))
     else:
         print(text)
     return code

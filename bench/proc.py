@@ -192,6 +192,15 @@ def stop_group(proc: subprocess.Popen[bytes], first: signal.Signals, grace: floa
     return proc.returncode
 
 
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a child's log, to say why it failed."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def sleep_until(deadline: float, *, step: float = 0.2, check: Callable[[], None]) -> None:
     """Sleep until ``time.monotonic()`` reaches ``deadline``, calling ``check`` every ``step``."""
     while True:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.runner import KindResult, Options
+from bench.timewait import HostTcpLimits, TimeWaitCount, TimeWaitSummary
 from healthd.durations import format_seconds
 
 
@@ -19,6 +20,10 @@ def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}"
 
 
+def _peak(tw: TimeWaitSummary | None, side: Callable[[TimeWaitCount], int]) -> str:
+    return "n/a" if tw is None else str(side(tw.peak))
+
+
 COLUMNS: list[tuple[str, Callable[[KindResult], str]]] = [
     ("KIND", lambda r: r.kind),
     ("TARGET", lambda r: r.target),
@@ -26,6 +31,7 @@ COLUMNS: list[tuple[str, Callable[[KindResult], str]]] = [
     ("EXPECTED/s", lambda r: fmt(r.expected_per_s, ".1f")),
     ("ACHIEVED/s", lambda r: fmt(r.achieved_per_s, ".1f")),
     ("KEEP-UP", lambda r: fmt(r.keep_up_pct, ".1f", "%")),
+    ("CONN/s", lambda r: fmt(r.connections_per_s, ".1f")),
     ("CPU ms/check", lambda r: fmt(r.cpu_ms_per_check, ".3f")),
     ("CHILDREN ms/check", lambda r: fmt(r.children_cpu_ms_per_check, ".3f")),
     ("PEAK RSS MB", lambda r: fmt(r.peak_rss_mb, ".1f")),
@@ -34,6 +40,9 @@ COLUMNS: list[tuple[str, Callable[[KindResult], str]]] = [
     ("DETECT max s", lambda r: fmt(r.detection_max_s, ".2f")),
     ("BOUND s", lambda r: fmt(r.detection_bound_s, ".2f")),
     ("FALSE FAILS", lambda r: str(r.false_check_fails)),
+    ("TW PEAK cli", lambda r: _peak(r.time_wait, lambda c: c.client)),
+    ("TW PEAK srv", lambda r: _peak(r.time_wait, lambda c: c.server)),
+    ("TW PEAK host", lambda r: _peak(r.time_wait, lambda c: c.host)),
 ]
 
 
@@ -41,6 +50,7 @@ def header(opts: Options, environment: str) -> str:
     return (
         f"healthd bench: N={opts.n} interval={format_seconds(opts.interval)} "
         f"timeout={format_seconds(opts.timeout)} retries={opts.retries} "
+        f"keep_alive={'true' if opts.keep_alive else 'false'} "
         f"warm-up={opts.warmup:g}s window={opts.window:g}s ({environment})"
     )
 
@@ -70,6 +80,19 @@ def details(results: Sequence[KindResult]) -> str:
             f"daemon CPU {r.cpu_cores * 100:.1f}% of a core; "
             f"false unhealthy {r.false_unhealthy}"
         )
+        tw = r.time_wait
+        if tw is not None:
+            lines.append(
+                f"{r.kind}: TIME-WAIT at the end of the window: checker {tw.end.client}, "
+                f"target {tw.end.server}, host {tw.end.host} "
+                f"({tw.samples} samples, {tw.sample_ms:.1f} ms each)"
+            )
+        if r.tls is not None:
+            versions = ", ".join(f"{v} {n}" for v, n in sorted(r.tls.versions.items()))
+            lines.append(
+                f"{r.kind}: TLS handshakes at the target over the run: {r.tls.handshakes}, "
+                f"of which resumed {r.tls.resumed} ({versions or 'none'})"
+            )
         lines += [f"{r.kind}: note: {note}" for note in r.notes]
     return "\n".join(lines)
 
@@ -78,10 +101,13 @@ def render_text(opts: Options, environment: str, results: Sequence[KindResult]) 
     return "\n".join([header(opts, environment), table(results), details(results)])
 
 
-def to_json(opts: Options, environment: str, results: Sequence[KindResult]) -> str:
+def to_json(
+    opts: Options, environment: str, results: Sequence[KindResult], tcp: HostTcpLimits
+) -> str:
     body: dict[str, Any] = {
         "options": asdict(opts),
         "environment": environment,
+        "host_tcp": {**asdict(tcp), "local_ports": tcp.local_ports},
         "results": [asdict(r) for r in results],
     }
     return json.dumps(body, indent=2, allow_nan=False, default=str)

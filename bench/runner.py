@@ -18,17 +18,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.certs import make_certificates
 from bench.cleanup import Resources
 from bench.errors import BenchError
 from bench.histogram import window_lag
 from bench.logscan import EventTally, LogFollower, parse_time
 from bench.proc import CpuSample, cpu_sample, peak_rss_mb, sleep_until, spawn, stop_group
-from bench.targets import Target, make_sentinel, make_target
+from bench.protocols import Counts, Target, TlsStats
+from bench.targets import make_sentinel, make_target
+from bench.timewait import HostTcpLimits, TimeWaitSampler, TimeWaitSummary, host_tcp_limits
 from bench.workloads import SENTINELS, bench_specs, write_workloads
 
-DEFAULT_HEALTHD = "healthd run --config-dir {config} --status-dir {status} --log-format json"
+# --listen 127.0.0.1:0: the API on, as deployed, on a free port, so that a healthd already
+# running on the machine (on 9780) does not stop the bench's from starting
+DEFAULT_HEALTHD = (
+    "healthd run --config-dir {config} --status-dir {status} --log-format json --listen 127.0.0.1:0"
+)
 STOP_GRACE = 20.0  # SIGTERM, then SIGKILL after this many seconds
 DETECTION_SLACK = 5.0  # waiting for the sentinels' unhealthy events: the bound plus this
+TIME_WAIT_SECONDS = 60.0  # how long Linux keeps a connection in TIME-WAIT (TCP_TIMEWAIT_LEN)
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,7 @@ class Options:
     window: float = 20.0
     healthd: str = DEFAULT_HEALTHD
     target: str = "auto"  # auto | nginx | builtin
+    keep_alive: bool = False  # keep_alive: true in every workload file (http, https)
     keep: bool = False
 
     @property
@@ -65,6 +74,7 @@ class KindResult:
     expected_per_s: float
     achieved_per_s: float
     keep_up_pct: float
+    connections_per_s: float | None  # accepted at the target; None without a server (exec)
     cpu_ms_per_check: float | None
     children_cpu_ms_per_check: float | None
     cpu_cores: float
@@ -81,6 +91,8 @@ class KindResult:
     false_unhealthy: int
     sentinel_fails_before_break: int
     daemon_exit: int | None
+    time_wait: TimeWaitSummary | None = None  # sampled over the window; None for exec
+    tls: TlsStats | None = None  # handshakes at the target over the run (https)
     workdir: str | None = None  # kept with --keep
     notes: list[str] = field(default_factory=list)
 
@@ -154,16 +166,16 @@ def read_daemon_json(status_dir: Path) -> dict[str, Any] | None:
 
 @dataclass(frozen=True)
 class Snapshot:
-    at: float  # time.monotonic() right after the target's counter was read
-    count: int
+    at: float  # time.monotonic() right after the target's counters were read
+    counts: Counts
     cpu: CpuSample
     daemon: dict[str, Any] | None
 
 
 def snapshot(target: Target, pid: int, status_dir: Path) -> Snapshot:
-    count = target.count()
+    counts = target.counts()
     at = time.monotonic()
-    return Snapshot(at, count, cpu_sample(pid), read_daemon_json(status_dir))
+    return Snapshot(at, counts, cpu_sample(pid), read_daemon_json(status_dir))
 
 
 def daemon_rate(start: Mapping[str, Any] | None, end: Mapping[str, Any] | None) -> float | None:
@@ -193,10 +205,11 @@ def run_kind(
         config_dir, status_dir = workdir / "config", workdir / "status"
         status_dir.mkdir()
 
-        target = make_target(kind, opts.target, nginx, workdir)
+        tls = make_certificates(workdir / "tls") if kind == "https" else None
+        target = make_target(kind, opts.target, nginx, workdir, tls)
         res.callback(target.stop)
         measured = target.start()
-        sentinel = make_sentinel(kind, workdir)
+        sentinel = make_sentinel(kind, workdir, tls)
         res.callback(sentinel.stop)
         sentinel_check = sentinel.start()
         specs = bench_specs(
@@ -207,6 +220,7 @@ def run_kind(
             interval=opts.interval,
             timeout=opts.timeout,
             retries=opts.retries,
+            keep_alive=opts.keep_alive,
         )
         write_workloads(config_dir, specs)
         where = f"{measured.host}:{measured.port}" if measured.port is not None else measured.target
@@ -225,12 +239,25 @@ def run_kind(
             daemon.check_alive()
             tally.feed(follower.poll(), after_break=False)
 
+        time_wait = None
+        if measured.host is not None and measured.port is not None:
+            time_wait = TimeWaitSampler(measured.host, measured.port)
+
+        def watch_window() -> None:
+            watch()
+            if time_wait is not None:
+                time_wait.maybe_sample()
+
         say(f"[{kind}] healthd started (pid {daemon.pid}); warm-up {opts.warmup:g}s")
         sleep_until(time.monotonic() + opts.warmup, check=watch)
         say(f"[{kind}] measuring for {opts.window:g}s")
         first = snapshot(target, daemon.pid, status_dir)
-        sleep_until(first.at + opts.window, check=watch)
+        if time_wait is not None:
+            time_wait.sample()
+        sleep_until(first.at + opts.window, check=watch_window)
         last = snapshot(target, daemon.pid, status_dir)
+        if time_wait is not None:
+            time_wait.sample()
         rss = peak_rss_mb(daemon.pid)
 
         watch()
@@ -246,13 +273,19 @@ def run_kind(
 
         exit_code = daemon.stop()
         tally.feed(follower.finish(), after_break=True)
+        tls_stats = target.tls_stats()
 
     window = last.at - first.at
-    checks = max(last.count - first.count, 0)
+    checks = max(last.counts.checks - first.counts.checks, 0)
     own_cpu = last.cpu.own - first.cpu.own
     reaped_cpu = last.cpu.reaped_children - first.cpu.reaped_children
     expected = opts.n / opts.interval
     achieved = checks / window if window > 0 else 0.0
+    connections_per_s = None
+    if first.counts.connections is not None and last.counts.connections is not None:
+        connections = max(last.counts.connections - first.counts.connections, 0)
+        connections_per_s = connections / window if window > 0 else 0.0
+    tw = time_wait.summary() if time_wait is not None else None
     detection: dict[str, float | None] = {}
     for name in SENTINELS:
         when = tally.detected.get(name)
@@ -265,6 +298,13 @@ def run_kind(
     missing = [name for name, v in detection.items() if v is None]
     if missing:
         notes.append(f"no unhealthy event within {wait:g}s of the break for: {', '.join(missing)}")
+    age = opts.warmup + opts.window  # of healthd, at the end of the window
+    if tw is not None and tw.peak.client + tw.peak.server > 0 and age < TIME_WAIT_SECONDS:
+        notes.append(
+            f"TIME-WAIT lasts {TIME_WAIT_SECONDS:g}s and healthd ran for {age:g}s at the end "
+            "of the window: the counts were still growing (steady state: the rate of such "
+            f"closes times {TIME_WAIT_SECONDS:g}s)"
+        )
     if exit_code not in (0, None):
         notes.append(f"healthd exited with status {exit_code} when stopped")
     if opts.keep:
@@ -281,6 +321,7 @@ def run_kind(
         expected_per_s=expected,
         achieved_per_s=achieved,
         keep_up_pct=100 * achieved / expected if expected > 0 else math.nan,
+        connections_per_s=connections_per_s,
         cpu_ms_per_check=_per_check_ms(own_cpu, checks),
         children_cpu_ms_per_check=_per_check_ms(reaped_cpu, checks),
         cpu_cores=own_cpu / window if window > 0 else 0.0,
@@ -299,15 +340,18 @@ def run_kind(
         false_unhealthy=tally.unhealthy,
         sentinel_fails_before_break=tally.sentinel_fails_before_break,
         daemon_exit=exit_code,
+        time_wait=tw,
+        tls=tls_stats,
         workdir=str(workdir) if opts.keep else None,
         notes=notes,
     )
 
 
-def environment_note() -> str:
+def environment_note(tcp: HostTcpLimits | None = None) -> str:
     """One line about the machine, for the report's header."""
     try:
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
         load = "?"
-    return f"{os.cpu_count()} CPUs, load {load}, Python {sys.version.split()[0]}"
+    tcp = tcp if tcp is not None else host_tcp_limits()
+    return f"{os.cpu_count()} CPUs, load {load}, Python {sys.version.split()[0]}; {tcp.describe()}"

@@ -2,15 +2,18 @@
 
 Run as a child process of the bench (by file path, so it needs nothing but the stdlib):
 
-    python target_server.py [--host 127.0.0.1] [--label TEXT]
+    python target_server.py [--host 127.0.0.1] [--label TEXT] [--cert PEM --key PEM]
 
 It listens on two free ports of ``--host``: the target (``GET /healthz`` -> 200 ``ok``, any other
 path -> 404; HTTP/1.1 keep-alive and pipelining supported; a TCP check that connects and closes
-is fine too) and a stats port that answers any request with the counters as JSON,
-``{"requests": R, "accepted": A}`` (requests served and connections accepted on the target
-port; the stats port's own traffic is not counted). Once both listen it prints one JSON line,
-``{"port": P, "stats_port": S}``, on stdout. SIGTERM or SIGINT closes both listeners and every
-open connection, then exits 0. ``--label`` is ignored: it only names the process in ``ps``.
+is fine too) and a stats port that answers any request with the counters as JSON:
+``requests`` served and connections ``accepted`` on the target port, and for TLS
+``tls_handshakes`` completed, how many of them ``tls_resumed`` a session and ``tls_versions``
+(handshakes by protocol version); the stats port's own traffic is not counted. With ``--cert``
+and ``--key`` the target port speaks TLS (the stats port stays plain HTTP), and a connection is
+counted once its handshake is done. Once both listen it prints one JSON line, ``{"port": P,
+"stats_port": S}``, on stdout. SIGTERM or SIGINT closes both listeners and every open
+connection, then exits 0. ``--label`` is ignored: it only names the process in ``ps``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import asyncio
 import json
 import signal
+import ssl
 import sys
 
 MAX_HEAD = 16 * 1024
@@ -29,6 +33,9 @@ class Counters:
     def __init__(self) -> None:
         self.requests = 0
         self.accepted = 0
+        self.tls_handshakes = 0
+        self.tls_resumed = 0
+        self.tls_versions: dict[str, int] = {}
 
 
 def _response(status: str, body: bytes, keep_alive: bool) -> bytes:
@@ -84,8 +91,17 @@ class _HttpConnection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.server.connections.add(transport)
-        if self.counted:
-            self.server.counters.accepted += 1
+        if not self.counted:
+            return
+        counters = self.server.counters
+        counters.accepted += 1
+        # asyncio calls connection_made once the TLS handshake is over
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            counters.tls_handshakes += 1
+            counters.tls_resumed += bool(tls.session_reused)
+            version = str(tls.version())
+            counters.tls_versions[version] = counters.tls_versions.get(version, 0) + 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
@@ -121,9 +137,7 @@ class _HttpConnection(asyncio.Protocol):
 
     def answer(self, request: _Request) -> tuple[str, bytes]:
         if not self.counted:  # the stats port
-            counters = self.server.counters
-            body = {"requests": counters.requests, "accepted": counters.accepted}
-            return "200 OK", json.dumps(body).encode() + b"\n"
+            return "200 OK", json.dumps(vars(self.server.counters)).encode() + b"\n"
         self.server.counters.requests += 1
         if request.method in (b"GET", b"HEAD") and request.path == b"/healthz":
             return "200 OK", b"ok\n"
@@ -135,10 +149,10 @@ class TargetServer:
         self.counters = Counters()
         self.connections: set[asyncio.Transport] = set()
 
-    async def serve(self, host: str) -> None:
+    async def serve(self, host: str, tls: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
         target = await loop.create_server(
-            lambda: _HttpConnection(self, counted=True), host, 0, backlog=4096
+            lambda: _HttpConnection(self, counted=True), host, 0, backlog=4096, ssl=tls
         )
         stats = await loop.create_server(
             lambda: _HttpConnection(self, counted=False), host, 0, backlog=64
@@ -165,8 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="healthd bench built-in loopback target")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--label", default="", help="ignored; names the process in ps")
+    parser.add_argument("--cert", help="PEM certificate (chain): the target port speaks TLS")
+    parser.add_argument("--key", help="PEM private key of --cert")
     args = parser.parse_args(argv)
-    asyncio.run(TargetServer().serve(args.host))
+    tls = None
+    if args.cert:
+        # the server-side defaults: session cache and tickets on, as a client could resume
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.cert, args.key)
+    asyncio.run(TargetServer().serve(args.host, tls))
     return 0
 
 

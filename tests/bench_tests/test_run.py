@@ -12,14 +12,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from .conftest import ROOT
 
 HEALTHD = (
     f"{shlex.quote(sys.executable)} -m healthd run "
-    "--config-dir {config} --status-dir {status} --log-format json"
+    "--config-dir {config} --status-dir {status} --log-format json --listen 127.0.0.1:0"
 )
 SMALL = ["--interval", "500ms", "--timeout", "1s", "--retries", "2", "--target", "builtin"]
 
@@ -83,12 +86,94 @@ def test_http_and_exec_report_sane_numbers(tmp_path: Path) -> None:
         assert isinstance(r["false_check_fails"], int), kind
         for lag in (r["lag_p50_ms"], r["lag_p99_ms"]):  # n/a until healthd writes daemon.json
             assert lag is None or lag >= 0, kind
+    http, exec_ = results["http"], results["exec"]
+    # a new connection per check by default, each reset by healthd: nothing in TIME-WAIT
+    assert 0.9 <= http["connections_per_s"] / http["achieved_per_s"] <= 1.1
+    assert report["options"]["keep_alive"] is False
+    tw = http["time_wait"]
+    assert tw["samples"] >= 3  # the window's start and end, and once a second between
+    assert tw["sample_ms"] > 0
+    for figures in (tw["peak"], tw["end"]):
+        assert figures["host"] >= figures["client"] + figures["server"] >= 0
+    assert tw["end"]["client"] <= tw["peak"]["client"]
+    assert exec_["connections_per_s"] is None
+    assert exec_["time_wait"] is None
+    host_tcp = report["host_tcp"]
+    assert (
+        host_tcp["local_ports"]
+        == host_tcp["local_port_range"][1] - host_tcp["local_port_range"][0] + 1
+    )
+    assert f"tcp_max_tw_buckets {host_tcp['max_tw_buckets']}" in report["environment"]
     # the table went to stderr, with a row per kind
     assert "KEEP-UP" in err
+    assert "TW PEAK cli" in err
+    assert "http: TIME-WAIT at the end of the window: checker " in err
     assert any(line.startswith("exec ") for line in err.splitlines())
     # nothing left behind: no process, no temporary directory
     assert processes_mentioning(str(tmp_path)) == []
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.needs("openssl")
+@pytest.mark.parametrize("target", ["builtin", "nginx"])
+def test_https_checks_verify_and_count_handshakes(
+    require_binary: Callable[[str], str], tmp_path: Path, target: str
+) -> None:
+    require_binary("openssl")
+    if target == "nginx":
+        require_binary("nginx")
+    proc = bench(
+        tmp_path, "--kind", "https", "--target", target, "--n", "20", "--warmup", "2",
+        "--window", "2", "--json",
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    (r,) = json.loads(out)["results"]
+    assert (r["kind"], r["target"]) == ("https", target)
+    # requests arrive only after a handshake the checks verified against the bench's CA
+    assert r["checks_in_window"] > 0
+    assert r["connections_per_s"] > 0
+    tls = r["tls"]
+    assert tls["handshakes"] >= r["checks_in_window"]
+    assert 0 <= tls["resumed"] <= tls["handshakes"]
+    assert sum(tls["versions"].values()) == tls["handshakes"]
+    assert all(v is not None for v in r["detection_s"].values()), r["notes"]  # TLS sentinels
+    assert f"https: TLS handshakes at the target over the run: {tls['handshakes']}," in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_keep_alive_keeps_connections(tmp_path: Path) -> None:
+    proc = bench(
+        tmp_path, "--kind", "http", "--keep-alive", "--n", "20", "--warmup", "2", "--window", "2",
+        "--json",
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["options"]["keep_alive"] is True
+    (header,) = [line for line in err.splitlines() if line.startswith("healthd bench: ")]
+    assert " keep_alive=true " in header
+    (r,) = report["results"]
+    assert r["checks_in_window"] > 0
+    # the connections were opened in the warm-up, and kept: few or none are new
+    assert r["connections_per_s"] < 0.2 * r["achieved_per_s"]
+    assert all(v is not None for v in r["detection_s"].values()), r["notes"]
+
+
+@pytest.mark.parametrize("kind", ["tcp", "exec"])
+def test_keep_alive_is_refused_for_kinds_without_a_connection(tmp_path: Path, kind: str) -> None:
+    proc = bench(tmp_path, "--kind", f"http,{kind}", "--keep-alive")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert out == ""
+    assert f"bench: --keep-alive: {kind} checks keep no connection" in err
+    assert list(tmp_path.iterdir()) == []  # nothing started
 
 
 def test_ctrl_c_stops_everything(tmp_path: Path) -> None:

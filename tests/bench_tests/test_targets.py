@@ -12,8 +12,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from bench.loopback import LOOPBACK, http_get
+from bench.nginx import NginxTarget
 from bench.proc import cpu_sample, peak_rss_mb, process_tree, read_stat, spawn, stop_group
-from bench.targets import LOOPBACK, BuiltinServer, NginxTarget, ServerSentinel, http_get
+from bench.targets import BuiltinServer, ServerSentinel
 
 
 def eventually(probe: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -50,7 +52,7 @@ def test_builtin_server_counts_requests_and_connections(server: BuiltinServer) -
             assert response.read() == (b"ok\n" if path == "/healthz" else b"not found\n")
     finally:
         conn.close()
-    assert server.counts() == (3, 1)
+    assert (server.stats().requests, server.stats().accepted) == (3, 1)
 
     with socket.create_connection((LOOPBACK, server.port), timeout=5) as sock:  # pipelined
         sock.sendall(
@@ -62,10 +64,10 @@ def test_builtin_server_counts_requests_and_connections(server: BuiltinServer) -
             received += chunk
     assert received.count(b"HTTP/1.1 200 OK") == 2
     assert received.endswith(b"Connection: close\r\n\r\n")  # HEAD: no body
-    assert server.counts() == (5, 2)
+    assert (server.stats().requests, server.stats().accepted) == (5, 2)
 
     socket.create_connection((LOOPBACK, server.port), timeout=5).close()  # a TCP check
-    assert eventually(lambda: server.counts() == (5, 3))
+    assert eventually(lambda: (server.stats().requests, server.stats().accepted) == (5, 3))
 
 
 def test_sentinel_breaks_by_closing_its_port(tmp_path: Path) -> None:
@@ -90,14 +92,14 @@ def test_nginx_target_counts_checks_without_its_own_polls(
     try:
         check = target.start()
         assert check.port is not None
-        assert target.count() == 0
+        assert target.counts().checks == 0
         for _ in range(3):
             if kind == "http":
                 assert http_get(check.port, "/healthz") == b"ok\n"
             else:
                 socket.create_connection((LOOPBACK, check.port), timeout=5).close()
-        assert eventually(lambda: target.count() == 3)
-        assert target.count() == 3  # polling did not count itself
+        assert eventually(lambda: target.counts().checks == 3)
+        assert target.counts().checks == 3  # polling did not count itself
         master = int((tmp_path / "nginx" / "nginx.pid").read_text())
         workers = process_tree(master)[1:]
         assert workers

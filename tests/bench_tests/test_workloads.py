@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 from bench.workloads import (
     SENTINELS,
@@ -58,6 +60,17 @@ def test_render_exec_quotes_the_command_and_has_no_address() -> None:
     assert "host" not in data
 
 
+def test_render_https_is_http_with_scheme_and_ca_file() -> None:
+    check = http_target(8443, ca_file="/run/bench/ca.pem")
+    data = yaml.safe_load(render(WorkloadSpec("wl00000", "https", check, 1.0, 5.0, 3)))
+    assert data["type"] == "http"
+    assert data["scheme"] == "https"
+    assert data["ca_file"] == "/run/bench/ca.pem"
+    assert "tls_skip_verify" not in data  # verification stays on, as in production
+    with pytest.raises(ValueError, match="needs a ca_file"):
+        render(WorkloadSpec("wl00000", "https", http_target(8443), 1.0, 5.0, 3))
+
+
 def test_render_refuses_an_address_check_without_address() -> None:
     with pytest.raises(ValueError, match="needs a port"):
         render(WorkloadSpec("x", "http", CheckTarget("/healthz"), 1.0, 5.0, 3))
@@ -74,18 +87,38 @@ def test_bench_specs_names_and_sentinels() -> None:
     assert {s.check.port for s in specs[3:]} == {2000}
 
 
+def test_keep_alive_is_written_only_when_asked_and_only_for_http() -> None:
+    default = render(WorkloadSpec("a", "http", http_target(80), 1.0, 5.0, 3))
+    assert "keep_alive" not in default  # a healthd without the key still loads the file
+    kept = yaml.safe_load(render(WorkloadSpec("a", "http", http_target(80), 1.0, 5.0, 3, True)))
+    assert kept["keep_alive"] is True
+    for kind, check in [("tcp", tcp_target(80)), ("exec", CheckTarget("true"))]:
+        with pytest.raises(ValueError, match="keep_alive is for http and https"):
+            render(WorkloadSpec("a", kind, check, 1.0, 5.0, 3, keep_alive=True))
+
+
 @pytest.mark.parametrize(
-    ("kind", "measured", "sentinel"),
+    ("kind", "measured", "sentinel", "keep_alive"),
     [
-        ("http", http_target(18080), http_target(18081)),
-        ("tcp", tcp_target(18080), tcp_target(18081)),
-        ("exec", CheckTarget("printf x >> /tmp/count"), CheckTarget("test -e /tmp/flag")),
+        ("http", http_target(18080), http_target(18081), False),
+        ("http", http_target(18080), http_target(18081), True),
+        ("https", http_target(18443, ca_file="CA"), http_target(18444, ca_file="CA"), False),
+        ("https", http_target(18443, ca_file="CA"), http_target(18444, ca_file="CA"), True),
+        ("tcp", tcp_target(18080), tcp_target(18081), False),
+        ("exec", CheckTarget("printf x >> /tmp/count"), CheckTarget("test -e /tmp/flag"), False),
     ],
 )
 def test_healthd_loads_every_file_as_written(
-    tmp_path: Path, kind: str, measured: CheckTarget, sentinel: CheckTarget
+    tmp_path: Path, kind: str, measured: CheckTarget, sentinel: CheckTarget, keep_alive: bool
 ) -> None:
-    specs = bench_specs(kind, 25, measured, sentinel, interval=0.25, timeout=2.0, retries=2)
+    if kind == "https":  # the loader reads the CA file: a real one, in place of "CA"
+        ca = tmp_path / "ca.pem"
+        trustme.CA().cert_pem.write_to_path(str(ca))
+        measured = replace(measured, ca_file=str(ca))
+        sentinel = replace(sentinel, ca_file=str(ca))
+    specs = bench_specs(
+        kind, 25, measured, sentinel, interval=0.25, timeout=2.0, retries=2, keep_alive=keep_alive
+    )
     paths = write_workloads(tmp_path / "config", specs)
     assert [p.name for p in paths] == [f"{s.name}.yaml" for s in specs]
 
@@ -94,12 +127,15 @@ def test_healthd_loads_every_file_as_written(
     assert sorted(loaded.configs) == sorted(s.name for s in specs)
     for spec in specs:
         cfg = loaded.configs[spec.name]
-        assert cfg.type == kind
+        assert cfg.type == ("http" if kind == "https" else kind)
+        assert cfg.scheme == ("https" if kind == "https" else None)
+        assert cfg.ca_file == spec.check.ca_file
         assert cfg.target == spec.check.target
         assert cfg.interval == 0.25
         assert cfg.timeout == 2.0
         assert cfg.retries == 2
         assert cfg.enabled
+        assert cfg.keep_alive == (True if keep_alive else None)  # sentinels included
         if kind == "exec":
             assert cfg.host is None
         else:
