@@ -39,6 +39,17 @@ def bench(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def finished(tmp_path: Path, *args: str) -> tuple[str, str]:
+    """(stdout, stderr) of a bench run to its end, which must succeed."""
+    proc = bench(tmp_path, *args)
+    try:
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    return out, err
+
+
 def processes_mentioning(text: str) -> list[str]:
     """Command lines of running processes that contain ``text`` (our paths are unique)."""
     found = []
@@ -56,14 +67,9 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 def test_http_and_exec_report_sane_numbers(tmp_path: Path) -> None:
-    proc = bench(
+    out, err = finished(
         tmp_path, "--kind", "http,exec", "--n", "50", "--warmup", "2", "--window", "2", "--json"
     )
-    try:
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
     report: dict[str, Any] = json.loads(out)
     results = {r["kind"]: r for r in report["results"]}
     assert list(results) == ["http", "exec"]
@@ -122,15 +128,10 @@ def test_https_checks_verify_and_count_handshakes(
     require_binary("openssl")
     if target == "nginx":
         require_binary("nginx")
-    proc = bench(
+    out, err = finished(
         tmp_path, "--kind", "https", "--target", target, "--n", "20", "--warmup", "2",
         "--window", "2", "--json",
     )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
     (r,) = json.loads(out)["results"]
     assert (r["kind"], r["target"]) == ("https", target)
     # requests arrive only after a handshake the checks verified against the bench's CA
@@ -146,15 +147,10 @@ def test_https_checks_verify_and_count_handshakes(
 
 
 def test_keep_alive_keeps_connections(tmp_path: Path) -> None:
-    proc = bench(
+    out, err = finished(
         tmp_path, "--kind", "http", "--keep-alive", "--n", "20", "--warmup", "2", "--window", "2",
         "--json",
     )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
     report = json.loads(out)
     assert report["options"]["keep_alive"] is True
     (header,) = [line for line in err.splitlines() if line.startswith("healthd bench: ")]

@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import trustme
 
-from healthd.checks import KINDS, run_check
 from healthd.config.loader import parse_text
 from healthd.config.workload import WorkloadConfig
-from healthd.model import CheckResult
+
+from .test_http_options import check, checks_on_one_probe
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -103,25 +103,6 @@ def cfg_for(port: int, **options: Any) -> WorkloadConfig:
     return WorkloadConfig(workload="w", type="http", port=port, **values).with_defaults()
 
 
-async def check(cfg: WorkloadConfig) -> CheckResult:
-    async with asyncio.timeout(cfg.timeout + 5):  # the probe's own deadline comes first
-        return await run_check(cfg, "127.0.0.1")
-
-
-async def checks_in_a_row(cfg: WorkloadConfig, count: int) -> list[CheckResult]:
-    probe = KINDS["http"].probe(cfg)
-    results = []
-    try:
-        for _ in range(count):
-            done: asyncio.Future[CheckResult] = asyncio.get_running_loop().create_future()
-            probe.start("127.0.0.1", done.set_result)
-            async with asyncio.timeout(cfg.timeout + 5):
-                results.append(await done)
-    finally:
-        probe.close()
-    return results
-
-
 def body_regex(pattern: str) -> dict[str, Any]:
     """``body_regex``, compiled as the config loader compiles it."""
     cfg, problems = parse_text(f"workload: w\ntype: http\nbody_regex: '{pattern}'\n", "w.yaml", "w")
@@ -167,7 +148,7 @@ async def test_interim_responses_over_https(tls: Tls) -> None:
 
 async def test_an_interim_response_on_a_kept_connection_leaves_it_usable() -> None:
     async with scripted(EARLY_HINTS + OK, keep=True) as srv:
-        results = await checks_in_a_row(cfg_for(srv.port, keep_alive=True, **JUDGED), 3)
+        results = await checks_on_one_probe(cfg_for(srv.port, keep_alive=True, **JUDGED), 3)
     assert [r.ok for r in results] == [True] * 3, [r.error for r in results]
     assert srv.connections == 1
     assert len(srv.requests) == 3

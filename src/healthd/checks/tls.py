@@ -191,7 +191,7 @@ def _ssl_reason(exc: BaseException) -> str:
         return reason.lower().replace("_", " ")
     if isinstance(exc, OSError) and exc.strerror:
         return _LIBRARY_NOISE.sub("", exc.strerror).lower()
-    return str(exc) or type(exc).__name__
+    return str(exc) or "the TLS library gave no reason"
 
 
 # OpenSSL reasons that say the server wanted a client certificate it did not get
