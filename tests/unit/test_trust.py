@@ -7,6 +7,9 @@ directories (under /tmp, root's and sticky) are trusted as they are.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,18 @@ def _root() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("strict modes are tested as root (CI runs as root)")
         pytest.skip("needs root")
+
+
+@pytest.fixture
+def public() -> Iterator[Path]:
+    """A directory any user may search, as most of a real host is (pytest's own are root's
+    alone, and a link another user could change is followed only where they could go)."""
+    path = Path(tempfile.mkdtemp(prefix="healthd-trust-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
 
 
 def workload(directory: Path, name: str, template: str = EXEC) -> Path:
@@ -107,10 +122,10 @@ def test_a_sticky_root_dir_above_is_accepted_but_not_a_sticky_dir_of_another_use
     )
 
 
-def test_a_symlink_is_judged_by_its_owner_and_where_it_points(tmp_path: Path) -> None:
-    elsewhere = tmp_path / "elsewhere"
+def test_a_symlink_is_judged_by_its_owner_and_where_it_points(public: Path) -> None:
+    elsewhere = public / "elsewhere"
     target = workload(elsewhere, "web")
-    conf = tmp_path / "conf"
+    conf = public / "conf"
     conf.mkdir()
     link = conf / "web.yaml"
     link.symlink_to(target)
@@ -156,10 +171,10 @@ def test_load_dir_reports_the_refused_and_loads_the_rest(tmp_path: Path) -> None
     assert sorted(load_dir(conf, strict_modes=False).configs) == ["bad", "good", "web"]
 
 
-def test_a_symlinked_config_dir_is_judged_where_it_is_named_too(tmp_path: Path) -> None:
-    real = tmp_path / "srv"
+def test_a_symlinked_config_dir_is_judged_where_it_is_named_too(public: Path) -> None:
+    real = public / "srv"
     path = workload(real, "web")
-    named = tmp_path / "etc"
+    named = public / "etc"
     named.mkdir()
     (named / "health").symlink_to(real, target_is_directory=True)
     listed = named / "health" / "web.yaml"
@@ -170,3 +185,20 @@ def test_a_symlinked_config_dir_is_judged_where_it_is_named_too(tmp_path: Path) 
         listed,
         f"directory {named} is writable by group or others (mode 0777); fix: chmod go-w {named}",
     )
+
+
+def test_a_link_is_followed_only_where_whoever_could_change_it_could_go(tmp_path: Path) -> None:
+    """pytest's directory is root's alone (0700): nobody, who owns the link, could not reach
+    the file it leads to, so healthd does not read it for them, whatever the file holds."""
+    target = workload(tmp_path / "elsewhere", "web", HTTP)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    link = conf / "web.yaml"
+    link.symlink_to(target)
+    os.lchown(link, NOBODY, NOBODY)
+    top = tmp_path.parents[1]  # /tmp/pytest-of-root, mode 0700
+    assert problems(link) == [
+        f"{link}: not read: uid {NOBODY} may not search {top}, yet could have led healthd "
+        f"there: symlink {link} is theirs"
+    ]
+    assert problems(link, strict_modes=False) == problems(link)  # not a strict-mode rule

@@ -27,8 +27,9 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from healthd import __version__
+from healthd import __version__, pathwalk
 from healthd.checks.probe import Probe, host_port
+from healthd.pathwalk import Authors
 
 if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
@@ -194,7 +195,7 @@ class GrpcProbe(Probe):
             for key in _PEM_KINDS:
                 path = getattr(self.cfg, key)
                 try:
-                    files[key] = None if path is None else _read(path)
+                    files[key] = None if path is None else _read(path, self.cfg.authors)
                 except OSError as exc:
                     return f"cannot read {key} {path}: {exc.strerror or exc}"
         try:
@@ -231,9 +232,10 @@ class GrpcProbe(Probe):
         return f"gRPC check failed: {_where(self.cfg, self.address)}: {reason}"
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(PEM_MAX_BYTES)
+def _read(path: str, authors: Authors) -> bytes:
+    """Read as far as ``authors`` could (``pathwalk.py``): root's keys are not lent to a
+    workload file another user could change."""
+    return pathwalk.read_bytes(path, authors, PEM_MAX_BYTES)[:PEM_MAX_BYTES]
 
 
 def _where(cfg: WorkloadConfig, address: str) -> str:
@@ -241,11 +243,11 @@ def _where(cfg: WorkloadConfig, address: str) -> str:
     return f"{where} service {cfg.service!r}" if cfg.service else where
 
 
-def _pem_problem(key: str, path: str) -> str | None:
+def _pem_problem(key: str, path: str, authors: Authors) -> str | None:
     if not os.path.isabs(path):
         return f"{path!r} must be an absolute path (the daemon's working directory is not yours)"
     try:
-        data = _read(path)
+        data = _read(path, authors)
     except OSError as exc:
         return f"cannot read {path}: {exc.strerror or exc}"
     block = _PEM_KINDS[key]
@@ -282,7 +284,7 @@ class GrpcCheck:
             present = "client_cert" if missing == "client_key" else "client_key"
             yield present, f"set {missing} as well: a client certificate needs both"
         for key, path in files.items():
-            if problem := _pem_problem(key, path):
+            if problem := _pem_problem(key, path, cfg.authors):
                 yield key, problem
 
     @staticmethod

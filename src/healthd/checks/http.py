@@ -91,10 +91,10 @@ def _tls_problems(cfg: WorkloadConfig) -> Iterable[tuple[str, str]]:
     if cfg.ca_file is not None:
         if cfg.tls_skip_verify:
             yield "ca_file", "not used with tls_skip_verify: true (set one of the two)"
-        elif reason := tls.ca_problem(cfg.ca_file):
+        elif reason := tls.ca_problem(cfg.ca_file, cfg.authors):
             yield "ca_file", reason
     if cfg.client_cert is None:
         if cfg.client_key is not None:
             yield "client_key", "needs client_cert (the certificate the key belongs to)"
-    elif reason := tls.client_pair_problem(cfg.client_cert, cfg.client_key):
+    elif reason := tls.client_pair_problem(cfg.client_cert, cfg.client_key, cfg.authors):
         yield "client_cert", reason

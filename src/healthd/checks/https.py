@@ -52,7 +52,7 @@ class HttpsProbe(HttpProbe):
         self._not_after: float | None = None  # of the connection's server certificate
         self._server_name = ""
         self._settings = tls.TlsSettings(
-            bool(cfg.tls_skip_verify), cfg.ca_file, cfg.client_cert, cfg.client_key
+            bool(cfg.tls_skip_verify), cfg.ca_file, cfg.client_cert, cfg.client_key, cfg.authors
         )
         self._files: tls.Signature = ()
         self._tls: ssl.SSLContext | str = ""  # the context, or why there is none

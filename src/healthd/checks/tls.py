@@ -2,7 +2,10 @@
 certificate expiry.
 
 The files (``ca_file``, ``client_cert``, ``client_key``) are checked when the config loads, so
-that a missing or unusable file is a config error at its line. The client context is built
+that a missing or unusable file is a config error at its line. They are read only as far as
+whoever could change the workload's file could read them (``pathwalk.py``): root's keys are
+not lent to a file another user wrote, and the errors tell that user nothing they could not
+find out themselves. The client context is built
 when the probe is made, never per check, and workloads with the same settings share one:
 loading the system's CA bundle costs milliseconds and megabytes that a thousand https
 workloads should not pay a thousand times.
@@ -19,13 +22,17 @@ and ``tls_skip_verify`` checks want their expiry too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import ssl
-import stat
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+from healthd import pathwalk
+from healthd.pathwalk import Authors
 
 MAX_FILE_BYTES = 1 << 20  # a CA bundle is a few hundred KiB; anything larger is a mistake
 
@@ -34,21 +41,36 @@ class TlsFileError(ValueError):
     """A file that cannot be used; the message says why."""
 
 
-def read_file(path: str) -> bytes:
-    """A certificate or key file: absolute path, regular file, readable, not empty."""
+def _refused(path: str, exc: pathwalk.WalkRefused) -> TlsFileError:
+    if exc.not_regular:
+        return TlsFileError(f"{path} is not a regular file")
+    if exc.denied:
+        return TlsFileError(f"not read: {exc}")
+    return TlsFileError(f"cannot read {path}: {exc}")
+
+
+@contextlib.contextmanager
+def opened(path: str, authors: Authors) -> Iterator[str]:
+    """A name OpenSSL can open for ``path``, read only as far as ``authors`` (who besides root
+    could have changed the workload's file) could read it (``pathwalk.py``): the judged
+    descriptor's ``/proc/self/fd`` name, valid inside the block."""
     if not os.path.isabs(path):
         raise TlsFileError(
             f"{path!r} must be an absolute path (the daemon's working directory is not yours)"
         )
     try:
-        # O_NONBLOCK: a FIFO in its place must not hang the loader
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise TlsFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise TlsFileError(f"{path} is not a regular file")
-    with os.fdopen(fd, "rb") as fh:
+        found = pathwalk.open_file(path, authors)
+    except pathwalk.WalkRefused as exc:
+        raise _refused(path, exc) from None
+    try:
+        yield pathwalk.proc_path(found)
+    finally:
+        found.close()
+
+
+def read_file(path: str, authors: Authors = frozenset()) -> bytes:
+    """A certificate or key file: absolute path, regular file, readable, not empty."""
+    with opened(path, authors) as name, open(name, "rb") as fh:
         try:
             data = fh.read(MAX_FILE_BYTES + 1)
         except OSError as exc:
@@ -60,11 +82,12 @@ def read_file(path: str) -> bytes:
     return data
 
 
-def ca_problem(path: str) -> str | None:
+def ca_problem(path: str, authors: Authors = frozenset()) -> str | None:
     """Why ``path`` is no CA file OpenSSL accepts as trust anchors, or None."""
     try:
-        read_file(path)
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+        read_file(path, authors)
+        with opened(path, authors) as name:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=name)
     except TlsFileError as exc:
         return str(exc)
     except (ssl.SSLError, OSError) as exc:
@@ -77,23 +100,25 @@ def _no_passphrase() -> bytes:
     raise TlsFileError("encrypted")
 
 
-def client_pair_problem(cert: str, key: str | None) -> str | None:
+def client_pair_problem(cert: str, key: str | None, authors: Authors = frozenset()) -> str | None:
     """Why ``client_cert`` (with ``client_key``, or a key in the same file) cannot be used,
-    or None."""
+    or None. Nothing is said of a file ``authors`` may not read but that they may not."""
     key_path = key if key is not None else cert
     try:
-        read_file(cert)
-        key_data = read_file(key_path)
+        read_file(cert, authors)
+        key_data = read_file(key_path, authors)
     except TlsFileError as exc:
         return str(exc)
     if b"ENCRYPTED" in key_data:
         # "BEGIN ENCRYPTED PRIVATE KEY" or "Proc-Type: 4,ENCRYPTED"
         return f"the key in {key_path} is encrypted: healthd cannot ask for a passphrase"
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key, password=_no_passphrase)
+        _load_pair(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert, key, authors)
     except (ssl.SSLError, OSError, TlsFileError) as exc:
         if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
             return f"the key in {key_path} does not belong to the certificate in {cert}"
+        if isinstance(exc, TlsFileError):
+            return str(exc)
         if key is None:
             return (
                 f"{cert}: no certificate followed by its private key ({_ssl_reason(exc)}); "
@@ -101,6 +126,12 @@ def client_pair_problem(cert: str, key: str | None) -> str | None:
             )
         return f"{cert} / {key}: not a PEM certificate and its key ({_ssl_reason(exc)})"
     return None
+
+
+def _load_pair(context: ssl.SSLContext, cert: str, key: str | None, authors: Authors) -> None:
+    with opened(cert, authors) as cert_name, contextlib.ExitStack() as stack:
+        key_name = None if key is None else stack.enter_context(opened(key, authors))
+        context.load_cert_chain(cert_name, key_name, password=_no_passphrase)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +142,7 @@ class TlsSettings:
     ca_file: str | None = None
     client_cert: str | None = None
     client_key: str | None = None
+    authors: Authors = frozenset()  # the workload file's (WorkloadConfig.authors)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -154,16 +186,16 @@ def _build(settings: TlsSettings) -> ssl.SSLContext:
     try:
         # cafile replaces the system's trust store (as curl's --cacert does): an internal CA
         # file says which servers this check trusts
-        context = ssl.create_default_context(
-            cafile=settings.ca_file if not settings.skip_verify else None
-        )
+        if settings.ca_file is not None and not settings.skip_verify:
+            with opened(settings.ca_file, settings.authors) as ca_name:
+                context = ssl.create_default_context(cafile=ca_name)
+        else:
+            context = ssl.create_default_context()
         if settings.skip_verify:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         if settings.client_cert is not None:
-            context.load_cert_chain(
-                settings.client_cert, settings.client_key, password=_no_passphrase
-            )
+            _load_pair(context, settings.client_cert, settings.client_key, settings.authors)
     except (ssl.SSLError, OSError, TlsFileError) as exc:
         files = ", ".join(settings.files)
         raise TlsFileError(f"the TLS files ({files}) do not load: {_ssl_reason(exc)}") from None

@@ -7,13 +7,13 @@ Nothing is skipped without a word: a file that cannot be used yields ``Problem``
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from healthd import pathwalk
 from healthd.config import trust
 from healthd.config.nodes import reader_problem
 from healthd.config.workload import (
@@ -25,6 +25,7 @@ from healthd.config.workload import (
     did_you_mean,
 )
 from healthd.errors import Problem
+from healthd.pathwalk import Authors
 
 MAX_FILE_BYTES = 1 << 20  # a workload file is a dozen lines; anything this big is a mistake
 SUFFIXES = (".yaml", ".yml")
@@ -47,9 +48,10 @@ class LoadResult:
 
 
 def parse_text(
-    text: str, file: str, stem: str | None
+    text: str, file: str, stem: str | None, authors: Authors = frozenset()
 ) -> tuple[WorkloadConfig | None, list[Problem]]:
-    """Parse one workload document. ``stem`` is the name the file says the workload must have."""
+    """Parse one workload document. ``stem`` is the name the file says the workload must have;
+    ``authors``: who besides root could have changed it (``pathwalk.py``)."""
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
@@ -91,7 +93,7 @@ def parse_text(
             problems.append(Problem(file, value_node.start_mark.line + 1, key, str(exc)))
     if problems:
         return None, problems
-    return build(values, lines, file, stem)
+    return build(values, lines, file, stem, authors)
 
 
 def load_file(
@@ -109,18 +111,18 @@ def load_file(
         shown = os.fsencode(file).decode("utf-8", "backslashreplace")
         return None, [Problem(shown, 0, "", "file name is not UTF-8: rename the file")]
     try:
-        # O_NONBLOCK: a FIFO named like a workload file must not hang the loader
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        walk = pathwalk.open_file(file)
+    except pathwalk.WalkRefused as exc:
+        if exc.not_regular:
+            return None, [Problem(file, 0, "", "not a regular file")]
+        if exc.denied:
+            return None, [Problem(file, 0, "", f"not read: {exc}")]
+        return None, [Problem(file, 0, "", f"cannot read: {exc}")]
+    try:
+        with os.fdopen(walk.fd, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return None, [Problem(file, 0, "", f"cannot read: {exc.strerror or exc}")]
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None, [Problem(file, 0, "", "not a regular file")]
-    with os.fdopen(fd, "rb") as fh:
-        try:
-            data = fh.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            return None, [Problem(file, 0, "", f"cannot read: {exc.strerror or exc}")]
     if len(data) > MAX_FILE_BYTES:
         return None, [Problem(file, 0, "", f"file larger than {MAX_FILE_BYTES} bytes")]
     try:
@@ -128,9 +130,9 @@ def load_file(
     except UnicodeDecodeError as exc:
         return None, [Problem(file, 0, "", f"not UTF-8 text (byte {exc.start})")]
     stem = path.name.rsplit(".", 1)[0]
-    cfg, problems = parse_text(text, file, stem)
+    cfg, problems = parse_text(text, file, stem, walk.authors)
     if cfg is not None and strict_modes and trust.applies():
-        refused = trust.refusal(cfg, path)
+        refused = trust.refusal(cfg, file, walk.faults)
         if refused is not None:
             return None, [refused]
     return cfg, problems

@@ -18,6 +18,7 @@ from healthd import durations
 from healthd.checks import KINDS, http_options, patterns
 from healthd.config import policy_keys
 from healthd.errors import DurationError, Problem, WorkloadNameError
+from healthd.pathwalk import Authors
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
 
@@ -94,6 +95,10 @@ class WorkloadConfig:
     depends_on: tuple[str, ...] | None = None
 
     # -- end of options --
+
+    # Not a key: who besides root could have changed the file this came from (empty: only
+    # root). Files the config names are read only as far as they could read them (pathwalk.py).
+    authors: Authors = frozenset()
 
     def with_defaults(self) -> WorkloadConfig:
         """The config as the daemon uses it: check-kind defaults filled in."""
@@ -417,9 +422,14 @@ def did_you_mean(key: str) -> str:
 
 
 def build(
-    values: dict[str, Any], lines: dict[str, int], file: str, stem: str | None
+    values: dict[str, Any],
+    lines: dict[str, int],
+    file: str,
+    stem: str | None,
+    authors: Authors = frozenset(),
 ) -> tuple[WorkloadConfig | None, list[Problem]]:
-    """Cross-field validation of converted values; ``lines`` maps field -> line for messages."""
+    """Cross-field validation of converted values; ``lines`` maps field -> line for messages.
+    ``authors``: who besides root could have changed the file (``WorkloadConfig.authors``)."""
     problems: list[Problem] = []
     first_line = min(lines.values(), default=1)
 
@@ -441,7 +451,7 @@ def build(
                         f"(this is a {values['type']} check)")  # fmt: skip
     if problems:
         return None, problems
-    cfg = WorkloadConfig(**values)
+    cfg = WorkloadConfig(**values, authors=authors)
     for fieldname, reason in KINDS[cfg.type].validate(cfg):
         problem(fieldname, reason)
     for fieldname, reason in policy_keys.problems(cfg):
