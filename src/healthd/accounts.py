@@ -15,6 +15,8 @@ import os
 import pwd
 from dataclasses import dataclass
 
+from healthd.errors import quoted
+
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to the kernel
 
 
@@ -54,7 +56,7 @@ def _group_id(group: str) -> int:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise AccountError("group", f"unknown group {group!r}") from None
+        raise AccountError("group", f"unknown group {quoted(group)}") from None
 
 
 def resolve(user: str, group: str | None) -> Credentials:
@@ -66,7 +68,7 @@ def resolve(user: str, group: str | None) -> Credentials:
         entry = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(user)
     except KeyError:
         if uid is None:
-            raise AccountError("user", f"unknown user {user!r}") from None
+            raise AccountError("user", f"unknown user {quoted(user)}") from None
         entry = None  # a bare uid (a container's, say) is allowed without a user database entry
     if entry is not None:
         uid = entry.pw_uid

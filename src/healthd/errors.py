@@ -30,6 +30,30 @@ class DurationError(HealthdError, ValueError):
     """A duration that is not in Go's time.ParseDuration syntax."""
 
 
+QUOTED_CHARS = 32  # of a value quoted back from a file: enough to recognise it, not to copy it
+SHOWN_CHARS = 200  # of a path or name shown in a message
+
+
+def printable(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` safe to show in one log line or message: control and other unprintable
+    characters escaped, at most ``limit`` characters."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def quoted(value: object, limit: int = QUOTED_CHARS) -> str:
+    """A value from a file, quoted in a problem: escaped, and cut to ``limit`` characters.
+
+    A file may hold what its writer should not learn (a link into a root-only file, a secret
+    given by mistake); problems go to the log, events and the API, so they quote a short
+    excerpt, never a whole line."""
+    text = str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class Problem:
     """One finding about one file: rendered as ``FILE:LINE: field: reason``."""

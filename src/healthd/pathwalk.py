@@ -31,8 +31,9 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from healthd.errors import printable
+
 MAX_LINKS = 40  # the kernel's own limit (ELOOP)
-SHOWN_PATH_CHARS = 200
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in at the last moment must not hang the reader
@@ -90,14 +91,6 @@ class Walk:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
-
-
-def printable(text: str, limit: int = SHOWN_PATH_CHARS) -> str:
-    """``text`` safe to show in one log line or message: control and other unprintable
-    characters escaped, at most ``limit`` characters."""
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @functools.lru_cache(maxsize=256)

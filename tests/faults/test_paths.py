@@ -92,7 +92,9 @@ def test_cli_refuses_hostile_workload_names(
             code = main([*args, "--config-dir", str(conf), "--", name])
             out, err = capsys.readouterr()
             assert (code, out) == (2, ""), (args, name, out, err)
-            assert err == f"healthd: invalid workload name {name!r}: {RULE}\n"
+            # a long name is quoted cut short, with its length
+            shown = repr(name) if len(name) <= 32 else f"{name[:32]!r}... ({len(name)} characters)"
+            assert err == f"healthd: invalid workload name {shown}: {RULE}\n"
     assert snapshot(tmp_path) == before
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from healthd import __version__, pathwalk
 from healthd.checks.probe import Probe, host_port
+from healthd.errors import quoted
 from healthd.pathwalk import Authors
 
 if TYPE_CHECKING:
@@ -245,7 +246,9 @@ def _where(cfg: WorkloadConfig, address: str) -> str:
 
 def _pem_problem(key: str, path: str, authors: Authors) -> str | None:
     if not os.path.isabs(path):
-        return f"{path!r} must be an absolute path (the daemon's working directory is not yours)"
+        return (
+            f"{quoted(path)} must be an absolute path (the daemon's working directory is not yours)"
+        )
     try:
         data = _read(path, authors)
     except OSError as exc:

@@ -25,6 +25,7 @@ from healthd.checks.http_probe import (
     check_url,
 )
 from healthd.checks.https import HttpsProbe
+from healthd.errors import quoted
 
 if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
@@ -61,7 +62,7 @@ class HttpCheck:
     def validate(self, cfg: WorkloadConfig) -> Iterable[tuple[str, str]]:
         target = cfg.target
         if target and not target.startswith("/"):
-            yield "target", f"must be a URL path starting with '/', got {target!r}"
+            yield "target", f"must be a URL path starting with '/', got {quoted(target)}"
         elif target and not all("!" <= c <= "~" for c in target):
             yield "target", "must be printable ASCII without spaces (percent-encode the rest)"
         if cfg.method == "HEAD":

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from healthd import __version__, durations
+from healthd.errors import quoted
 
 if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
@@ -70,7 +71,9 @@ def as_headers(node: yaml.Node) -> tuple[tuple[str, str], ...]:
     for key, value in node.value:
         name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
         if not _TOKEN.fullmatch(name):
-            raise _problem(f"invalid header name {name!r}: use letters, digits and !#$%&'*+-.^_`|~")
+            raise _problem(
+                f"invalid header name {quoted(name)}: use letters, digits and !#$%&'*+-.^_`|~"
+            )
         lower = name.lower()
         if lower in pairs:
             raise _problem(f"{name} is set twice (header names are case-insensitive)")
@@ -90,16 +93,16 @@ def as_headers(node: yaml.Node) -> tuple[tuple[str, str], ...]:
 
 def _host_problem(value: str) -> str | None:
     if not value or any(c in value for c in " \t/?#@\\"):
-        return f"{value!r} is not a host name with an optional :port"
+        return f"{quoted(value)} is not a host name with an optional :port"
     try:
         parts = urllib.parse.urlsplit(f"//{value}")
         port = parts.port
     except ValueError as exc:
-        return f"{value!r}: {exc}"
+        return f"{quoted(value)}: {exc}"
     if not parts.hostname:
-        return f"{value!r} is not a host name with an optional :port"
+        return f"{quoted(value)} is not a host name with an optional :port"
     if port == 0:
-        return f"{value!r}: port 0 is not a port"
+        return f"{quoted(value)}: port 0 is not a port"
     return None
 
 
@@ -116,12 +119,13 @@ def as_status(node: yaml.Node) -> tuple[tuple[int, int], ...]:
         match = _STATUS_ITEM.fullmatch(text)
         if match is None:
             raise _problem(
-                f'{text!r} is not a status code (100-599) or a range of them such as "200-299"'
+                f"{quoted(text)} is not a status code (100-599) "
+                'or a range of them such as "200-299"'
             )
         low = int(match.group(1))
         high = int(match.group(2) or low)
         if high < low:
-            raise _problem(f"{text!r}: the range ends before it starts")
+            raise _problem(f"{quoted(text)}: the range ends before it starts")
         ranges.append((low, high))
     return tuple(ranges)
 
@@ -130,14 +134,14 @@ def as_status(node: yaml.Node) -> tuple[tuple[int, int], ...]:
 
 
 def check_scheme(value: str) -> str | None:
-    return None if value in SCHEMES else f"must be http or https, got {value!r}"
+    return None if value in SCHEMES else f"must be http or https, got {quoted(value)}"
 
 
 def check_method(value: str) -> str | None:
     if not _TOKEN.fullmatch(value) or len(value) > 32:
-        return f"{value!r} is not an HTTP method"
+        return f"{quoted(value)} is not an HTTP method"
     if value != value.upper():
-        return f"methods are case-sensitive: did you mean {value.upper()!r}?"
+        return f"methods are case-sensitive: did you mean {quoted(value.upper())}?"
     if value == "CONNECT":
         return "CONNECT opens a tunnel: it cannot be a health check"
     return None

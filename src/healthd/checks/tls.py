@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from healthd import pathwalk
+from healthd.errors import quoted
 from healthd.pathwalk import Authors
 
 MAX_FILE_BYTES = 1 << 20  # a CA bundle is a few hundred KiB; anything larger is a mistake
@@ -56,7 +57,7 @@ def opened(path: str, authors: Authors) -> Iterator[str]:
     descriptor's ``/proc/self/fd`` name, valid inside the block."""
     if not os.path.isabs(path):
         raise TlsFileError(
-            f"{path!r} must be an absolute path (the daemon's working directory is not yours)"
+            f"{quoted(path)} must be an absolute path (the daemon's working directory is not yours)"
         )
     try:
         found = pathwalk.open_file(path, authors)

@@ -7,6 +7,7 @@ Nothing is skipped without a word: a file that cannot be used yields ``Problem``
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from healthd.pathwalk import Authors
 MAX_FILE_BYTES = 1 << 20  # a workload file is a dozen lines; anything this big is a mistake
 SUFFIXES = (".yaml", ".yml")
 _NULL = "tag:yaml.org,2002:null"
+_KEY_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
 
 try:  # libyaml's parser is much faster where PyYAML was built with it
     _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
@@ -83,7 +85,7 @@ def parse_text(
             continue
         lines[key] = line
         if key not in FIELDS:
-            problems.append(Problem(file, line, key, f"unknown key{did_you_mean(key)}"))
+            problems.append(_unknown_key(file, line, key))
             continue
         if isinstance(value_node, yaml.ScalarNode) and value_node.tag == _NULL:
             continue  # an empty value means "not set", as in the reference
@@ -94,6 +96,17 @@ def parse_text(
     if problems:
         return None, problems
     return build(values, lines, file, stem, authors)
+
+
+def _unknown_key(file: str, line: int, key: str) -> Problem:
+    """A key that could be a misspelt one is named; anything else is not quoted at all: a
+    line of some other file read by mistake (``root:$y$...:19700:0:99999:7:::``) or a secret
+    would go to the log, events and the API."""
+    if _KEY_LIKE.fullmatch(key):
+        return Problem(file, line, key, f"unknown key{did_you_mean(key)}")
+    return Problem(
+        file, line, "", f"unknown key: not a key name ({len(key)} characters, not shown)"
+    )
 
 
 def load_file(

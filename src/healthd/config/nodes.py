@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from healthd import durations
-from healthd.errors import DurationError, Problem
+from healthd.errors import DurationError, Problem, quoted
 
 NULL = "tag:yaml.org,2002:null"
 Converter = Callable[[yaml.Node], Any]
@@ -49,7 +49,7 @@ def path(node: yaml.Node) -> Path | None:
     if not text:
         return None
     if not text.startswith("/"):
-        raise Invalid(f"{text!r}: use an absolute path")
+        raise Invalid(f"{quoted(text)}: use an absolute path")
     return Path(text)
 
 
@@ -60,14 +60,14 @@ def duration(node: yaml.Node) -> float:
     except DurationError as exc:
         raise Invalid(str(exc)) from None
     if value < 0:
-        raise Invalid(f"{text!r}: must not be negative")
+        raise Invalid(f"{quoted(text)}: must not be negative")
     return value
 
 
 def count(node: yaml.Node) -> int:
     text = string(node)
     if not text.isascii() or not text.isdigit():
-        raise Invalid(f"expected a whole number, got {text!r}")
+        raise Invalid(f"expected a whole number, got {quoted(text)}")
     return int(text)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from healthd import durations
-from healthd.errors import WorkloadNameError
+from healthd.errors import WorkloadNameError, quoted
 
 if TYPE_CHECKING:
     from healthd.config.workload import WorkloadConfig
@@ -69,7 +69,7 @@ def flap_threshold(value: int) -> str | None:
 def on_exhausted(value: str) -> str | None:
     if value in ON_EXHAUSTED:
         return None
-    return f"must be one of: {', '.join(ON_EXHAUSTED)} (not {value!r})"
+    return f"must be one of: {', '.join(ON_EXHAUSTED)} (not {quoted(value)})"
 
 
 def problems(cfg: WorkloadConfig) -> Iterable[tuple[str, str]]:

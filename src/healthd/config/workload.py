@@ -17,7 +17,7 @@ import yaml
 from healthd import durations
 from healthd.checks import KINDS, http_options, patterns
 from healthd.config import policy_keys
-from healthd.errors import DurationError, Problem, WorkloadNameError
+from healthd.errors import DurationError, Problem, WorkloadNameError, quoted
 from healthd.pathwalk import Authors
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
@@ -27,7 +27,7 @@ def check_name(name: str) -> str:
     """Return ``name`` if it is a valid workload name; it is safe to join into a path."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise WorkloadNameError(
-            f"invalid workload name {name!r}: use 1-128 characters from A-Z a-z 0-9 _ . @ -, "
+            f"invalid workload name {quoted(name)}: use 1-128 characters from A-Z a-z 0-9 _ . @ -, "
             "starting with a letter or digit"
         )
     return name
@@ -213,7 +213,7 @@ def _as_int(node: yaml.Node) -> int:
     # ":" excludes YAML 1.1's base-60 integers (`port: 53:53` would be 3233), which the
     # reference's YAML 1.2 library rejects.
     if scalar.tag != "tag:yaml.org,2002:int" or ":" in scalar.value:
-        raise FieldProblem(f"expected an integer, got {scalar.value!r}")
+        raise FieldProblem(f"expected an integer, got {quoted(scalar.value)}")
     value = yaml.SafeLoader.construct_yaml_int(yaml.SafeLoader(""), scalar)
     assert isinstance(value, int)
     return value
@@ -229,7 +229,7 @@ def _as_bool(node: yaml.Node) -> bool:
     word = scalar.value.lower() if not scalar.style else ""  # plain, not quoted
     if word in _TRUE or word in _FALSE:
         return word in _TRUE
-    raise FieldProblem(f"expected true or false, got {scalar.value!r}")
+    raise FieldProblem(f"expected true or false, got {quoted(scalar.value)}")
 
 
 def _as_duration(node: yaml.Node) -> float:
@@ -284,7 +284,7 @@ def _as_env(node: yaml.Node) -> tuple[tuple[str, str], ...]:
         name = str(key.value) if isinstance(key, yaml.ScalarNode) else ""
         if not ENV_NAME.fullmatch(name):
             raise FieldProblem(
-                f"invalid variable name {name!r}: use letters, digits and _, "
+                f"invalid variable name {quoted(name)}: use letters, digits and _, "
                 "not starting with a digit"
             )
         if name in pairs:
@@ -329,7 +329,7 @@ def _workload_name(value: str) -> str | None:
 def _check_type(value: str) -> str | None:
     if value in KINDS:
         return None
-    return f"unknown check type {value!r} (use one of: {', '.join(sorted(KINDS))})"
+    return f"unknown check type {quoted(value)} (use one of: {', '.join(sorted(KINDS))})"
 
 
 @dataclass(frozen=True)
@@ -442,7 +442,8 @@ def build(
     name = values.get("workload")
     if name is not None and stem is not None and name != stem:
         problem(
-            "workload", f"{name!r} differs from the file name (expected {stem!r} in {stem}.yaml)"
+            "workload",
+            f"{quoted(name)} differs from the file name (expected {quoted(stem)} in {stem}.yaml)",
         )
     if "type" in values:
         for key, kinds in KIND_ONLY.items():
