@@ -25,6 +25,9 @@ import pytest
 from integration.harness import DaemonProc, connect, run_cli, wait_for
 from integration.test_http_options import Pki, response, site_in_thread
 
+from . import test_regex_attack as regex_attack
+from .targets import canary_keeps_going, start_with_canary
+
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 RELAX = "or set security.strict_modes: false in the daemon config"
@@ -394,3 +397,29 @@ def test_a_flood_of_link_flips_cannot_lend_a_key_at_run_time(
     assert seen_subjects == [], "root's client certificate was presented"
     assert not status["healthy"]
     assert victim.terminate() == 0
+
+
+def test_their_regex_cannot_freeze_the_daemon(victim: DaemonProc) -> None:
+    """u rewrites their own file's ``body_regex`` to ``^(a|aa)+$`` against a body of 64 a's
+    and ``!``: a backtracking engine takes the event loop for ever (checks, API, SIGTERM).
+    The canary keeps its schedule, the API answers and SIGTERM stops the daemon."""
+    body = regex_attack.body_of("short")
+    give_away(victim.config_dir, "owned")
+    file = victim.config_dir / "theirs.yaml"
+    with regex_attack.serving(body) as port:
+        workload = f"workload: theirs\ntype: http\nhost: 127.0.0.1\nport: {port}\ninterval: 100ms\n"
+        nobody_writes(file, workload + "body_regex: '^a+'\n")
+        client = start_with_canary(victim)
+        client.wait_status("theirs", lambda s: s["state"] == "healthy")
+        nobody_writes(file, workload + f"body_regex: '{regex_attack.PATTERN}'\nretries: 1\n")
+        error = regex_attack.body_error(port, body)
+        client.wait_status("theirs", lambda s: s.get("last_error") == error)
+        started = time.monotonic()
+        canary_keeps_going(client, checks=10)  # 0.1 s apart
+        assert time.monotonic() - started < 5
+        started = time.monotonic()
+        assert client.call("GET", "/v1/status").status == 200
+        assert time.monotonic() - started < regex_attack.QUICK
+        started = time.monotonic()
+        assert victim.terminate(timeout=10) == 0
+        assert time.monotonic() - started < 5
