@@ -136,6 +136,7 @@ class _Walker:
         self.authors: dict[Author, str] = {}  # author -> how they could change the path
         self.faults: list[str] = []
         self.dirs: list[tuple[str, int, os.stat_result]] = []  # (shown path, fd, stat)
+        self.borrowed = 0  # the first dirs are a Directory's, closed by it, not here
 
     # -- judging -----------------------------------------------------------------------
 
@@ -189,9 +190,16 @@ class _Walker:
 
     # -- walking -----------------------------------------------------------------------
 
+    def _pop(self) -> None:
+        fd = self.dirs.pop()[1]
+        if len(self.dirs) >= self.borrowed:
+            os.close(fd)
+        else:
+            self.borrowed = len(self.dirs)
+
     def _reset_to_root(self) -> None:
         while len(self.dirs) > 1:
-            os.close(self.dirs.pop()[1])
+            self._pop()
         if not self.dirs:
             fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             info = os.fstat(fd)
@@ -199,12 +207,16 @@ class _Walker:
             self._judge_owner("directory", "/", info)
             self._judge_writable("directory", "/", info)
 
-    def walk(self, path: str) -> Walk:
+    def walk(self, path: str, *, directory: bool = False) -> Walk | None:
+        """Walk ``path`` from ``/``; with ``directory``, to the directory it names (None)."""
         if not path.startswith("/"):
             path = _join(os.getcwd(), path)
-        pending = list(reversed(path.split("/")))
-        links = 0
         self._reset_to_root()
+        return self.follow(list(reversed(path.split("/"))), directory=directory)
+
+    def follow(self, pending: list[str], *, directory: bool = False) -> Walk | None:
+        """Walk on from the last directory reached, through ``pending`` (last first)."""
+        links = 0
         while pending:
             name = pending.pop()
             if name in ("", "."):
@@ -212,7 +224,7 @@ class _Walker:
             here, dir_fd, dir_info = self.dirs[-1]
             if name == "..":
                 if len(self.dirs) > 1:
-                    os.close(self.dirs.pop()[1])
+                    self._pop()
                 continue
             self._require(dir_info, 1, here)
             shown = _join(here, printable(name))
@@ -242,7 +254,11 @@ class _Walker:
             os.close(fd)
             if any(p not in ("", ".") for p in pending):
                 raise WalkRefused(os.strerror(errno.ENOTDIR), code=errno.ENOTDIR)
+            if directory:
+                raise WalkRefused(os.strerror(errno.ENOTDIR), code=errno.ENOTDIR)
             return self._open_file(name, shown, info, dir_fd)
+        if directory:
+            return None
         raise WalkRefused(os.strerror(errno.EISDIR), code=errno.EISDIR, not_regular=True)
 
     def _open_file(self, name: str, shown: str, info: os.stat_result, dir_fd: int) -> Walk:
@@ -262,7 +278,7 @@ class _Walker:
         return Walk(fd, shown, frozenset(self.authors), self.faults)
 
     def close(self) -> None:
-        for _, fd, _ in self.dirs:
+        for _, fd, _ in self.dirs[self.borrowed :]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.dirs.clear()
@@ -274,9 +290,43 @@ def open_file(path: str, readers: Authors = frozenset()) -> Walk:
     with a message that names only what the readers could see."""
     walker = _Walker(readers)
     try:
-        return walker.walk(path)
+        found = walker.walk(path)
     finally:
         walker.close()
+    assert found is not None
+    return found
+
+
+class Directory:
+    """A directory walked once, for opening many files in it (a config dir at load): the
+    same judgement as ``open_file`` of each file's whole path, without walking the
+    directories above it again for every file."""
+
+    def __init__(self, path: str) -> None:
+        self._walker = _Walker(frozenset())
+        try:
+            self._walker.walk(path, directory=True)
+        except BaseException:
+            self._walker.close()
+            raise
+
+    def open_file(self, name: str) -> Walk:
+        """Open the entry ``name`` (no ``/`` in it) as ``open_file`` would open its path."""
+        base = self._walker
+        walker = _Walker(frozenset())
+        walker.dirs = list(base.dirs)
+        walker.borrowed = len(base.dirs)
+        walker.authors = dict(base.authors)
+        walker.faults = list(base.faults)
+        try:
+            found = walker.follow([name])
+        finally:
+            walker.close()
+        assert found is not None
+        return found
+
+    def close(self) -> None:
+        self._walker.close()
 
 
 @contextlib.contextmanager

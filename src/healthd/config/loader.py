@@ -110,11 +110,11 @@ def _unknown_key(file: str, line: int, key: str) -> Problem:
 
 
 def load_file(
-    path: Path, *, strict_modes: bool = True
+    path: Path, *, strict_modes: bool = True, directory: pathwalk.Directory | None = None
 ) -> tuple[WorkloadConfig | None, list[Problem]]:
     """Read and parse one file; its name (without suffix) is the workload it must define.
     ``strict_modes``: when running as root, refuse commands from a file others could change
-    (``trust.py``)."""
+    (``trust.py``). ``directory``: ``path``'s directory, walked already."""
     file = str(path)
     try:
         file.encode("utf-8")
@@ -124,7 +124,7 @@ def load_file(
         shown = os.fsencode(file).decode("utf-8", "backslashreplace")
         return None, [Problem(shown, 0, "", "file name is not UTF-8: rename the file")]
     try:
-        walk = pathwalk.open_file(file)
+        walk = pathwalk.open_file(file) if directory is None else directory.open_file(path.name)
     except pathwalk.WalkRefused as exc:
         if exc.not_regular:
             return None, [Problem(file, 0, "", "not a regular file")]
@@ -179,8 +179,27 @@ def load_dir(config_dir: Path, *, strict_modes: bool = True) -> LoadResult:
         return result
     # .yaml before .yml for the same name, so the reference's file is the one kept
     files.sort(key=lambda p: (p.name.rsplit(".", 1)[0], p.suffix != ".yaml"))
+    pathwalk.forget_accounts()  # group membership as it is now
+    try:
+        directory: pathwalk.Directory | None = pathwalk.Directory(str(config_dir))
+    except OSError:
+        directory = None  # each file's own walk says why
+    try:
+        _load_files(result, files, strict_modes, directory)
+    finally:
+        if directory is not None:
+            directory.close()
+    return result
+
+
+def _load_files(
+    result: LoadResult,
+    files: list[Path],
+    strict_modes: bool,
+    directory: pathwalk.Directory | None,
+) -> None:
     for path in files:
-        cfg, problems = load_file(path, strict_modes=strict_modes)
+        cfg, problems = load_file(path, strict_modes=strict_modes, directory=directory)
         if cfg is None:
             result.problems.extend(problems)
             continue
@@ -197,4 +216,3 @@ def load_dir(config_dir: Path, *, strict_modes: bool = True) -> LoadResult:
             continue
         result.configs[cfg.workload] = cfg
         result.files[cfg.workload] = path
-    return result
