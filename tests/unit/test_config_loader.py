@@ -329,3 +329,24 @@ def test_bool_words_the_reference_accepts() -> None:
         assert cfg.auto_restart is expected
     _, problems = parse_text('workload: w\ntype: tcp\nport: 1\nenabled: "yes"\n', "w.yaml", "w")
     assert [str(p) for p in problems] == ["w.yaml:4: enabled: expected true or false, got 'yes'"]
+
+
+def test_problems_never_quote_a_line_of_another_file_or_a_whole_value() -> None:
+    """A file that is really some other file (a line of /etc/shadow parses as a key) or that
+    holds a secret by mistake: its problems go to the log, events and the API, so an unknown
+    key that is no key name is counted, not shown, and a value is cut to 32 characters."""
+    shadow_line = "root:$y$j9T$Q2xHsaltsalt$hashhashhashhashhash:19700:0:99999:7:::"
+    _, problems = parse_text(f"{shadow_line}\n", "w.yaml", "w")
+    assert [str(p) for p in problems] == [
+        # (YAML reads the last ":" as the key's end)
+        f"w.yaml:1: unknown key: not a key name ({len(shadow_line) - 1} characters, not shown)"
+    ]
+    secret = "s3cr3t-" + "x" * 60
+    _, problems = parse_text(f"workload: w\ntype: tcp\nport: {secret}\n", "w.yaml", "w")
+    assert [str(p) for p in problems] == [
+        f"w.yaml:3: port: expected an integer, got '{secret[:32]}'... (67 characters)"
+    ]
+    _, problems = parse_text("workload: w\ntype: tcp\nport: 1\nintervall: 5s\n", "w.yaml", "w")
+    assert [str(p) for p in problems] == [
+        "w.yaml:4: intervall: unknown key (did you mean 'interval'?)"
+    ]
