@@ -58,12 +58,14 @@ class HttpServer:
         """Listen on a Unix socket at ``path`` (a stale socket file there is replaced)."""
         _clear_socket_path(path)
         loop = asyncio.get_running_loop()
-        old_umask = os.umask(0o777 & ~mode)  # created with the mode, never wider for a moment
+        # bind() creates the file with this mode, never wider for a moment. No chmod of the
+        # path after it: whoever can write in the directory could have swapped a symlink in
+        # by then, and the chmod would give the mode to the file it points to.
+        old_umask = os.umask(0o777 & ~mode)
         try:
             server = await loop.create_unix_server(lambda: Connection(self, "unix"), str(path))
         finally:
             os.umask(old_umask)
-        os.chmod(path, mode)
         self._servers.append(server)
         self._socket_paths.append(path)
 
