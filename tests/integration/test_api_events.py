@@ -127,7 +127,7 @@ class SseClient:
     def __init__(self, base: str, path: str, headers: dict[str, str] | None = None) -> None:
         url = urllib.parse.urlsplit(base)
         self.sock = socket.create_connection((url.hostname or "", url.port or 80), timeout=10)
-        lines = [f"GET {path} HTTP/1.1", "Host: test", "Accept: text/event-stream"]
+        lines = [f"GET {path} HTTP/1.1", f"Host: {url.netloc}", "Accept: text/event-stream"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         data = b""

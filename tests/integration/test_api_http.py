@@ -426,26 +426,40 @@ async def test_a_slow_handler_is_not_cut_by_the_idle_timeout() -> None:
 # -- connections ----------------------------------------------------------------------------------
 
 
-async def test_more_than_max_connections_is_503() -> None:
+async def test_more_than_max_connections_busy_is_503() -> None:
     limits = Limits(max_connections=2, header_timeout=5, idle_timeout=5)
     async with serve(limits) as s:
         async with connect(s.port) as one, connect(s.port) as two:
-            for client in (one, two):  # both accepted and served, and kept open
-                await client.send(get("/hold"))
-                assert (await client.reply()).status == 200
+            for client in (one, two):  # both being answered: neither gives way
+                await client.send(get("/slow?s=1"))
+            await until("both requests to be read", lambda: len(s.handler.seen) == 2)
             async with connect(s.port) as third:
                 await third.send(get("/third"))
                 reply = await third.reply()
                 assert reply.status == 503
                 assert "too many connections" in error_of(reply)["message"]
                 assert await third.closed_by_server()
-            await one.send(get("/still"))  # the first two are untouched
-            assert (await one.reply()).status == 200
+            for client in (one, two):  # the first two are untouched
+                assert (await client.reply()).status == 200
         await until("the server to see both close", lambda: not s.server.connections)
         async with connect(s.port) as again:  # room again once they are gone
             await again.send(get("/again"))
             assert (await again.reply()).status == 200
     assert "/third" not in s.handler.paths
+
+
+async def test_a_newcomer_takes_the_place_of_the_oldest_idle_connection() -> None:
+    """Idle connections held open (the lock-out of issue 16) give way to one that asks."""
+    limits = Limits(max_connections=2, header_timeout=5, idle_timeout=5)
+    async with serve(limits) as s, connect(s.port) as one, connect(s.port) as two:
+        await two.send(get("/two"))
+        assert (await two.reply()).status == 200  # now idle, kept alive, but newer
+        async with connect(s.port) as third:
+            await third.send(get("/third"))
+            assert (await third.reply()).status == 200
+            assert await one.closed_by_server()  # the oldest that only waited
+            await two.send(get("/two-again"))
+            assert (await two.reply()).status == 200
 
 
 async def test_a_client_that_never_reads_its_answers_stops_being_read_then_dropped() -> None:

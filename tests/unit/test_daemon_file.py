@@ -145,7 +145,28 @@ def test_unknown_top_level_key() -> None:
 
 def test_unknown_api_key() -> None:
     assert problems("api:\n  listen: 127.0.0.1:1\n  port: 9780\n") == [
-        f"{PATH}:3: api.port: unknown key (known: listen, socket, token_file)"
+        f"{PATH}:3: api.port: unknown key (known: listen, socket, token_file, allowed_hosts, "
+        "max_connections, max_connections_per_address, socket_max_connections, "
+        "socket_max_connections_per_uid)"
+    ]
+
+
+def test_api_connection_budgets_and_allowed_hosts() -> None:
+    text = (
+        "api:\n  allowed_hosts: [health.internal, 10.0.0.5]\n  max_connections: 100\n"
+        "  max_connections_per_address: 10\n  socket_max_connections: 20\n"
+        "  socket_max_connections_per_uid: 4\n"
+    )
+    api = parse_daemon_file(text, PATH).api
+    assert api.allowed_hosts == ("health.internal", "10.0.0.5")
+    assert (api.max_connections, api.max_connections_per_address) == (100, 10)
+    assert (api.socket_max_connections, api.socket_max_connections_per_uid) == (20, 4)
+    assert problems("api:\n  max_connections: 0\n") == [
+        f"{PATH}:2: api.max_connections: 0: must be from 1 to 100000"
+    ]
+    assert problems("api:\n  allowed_hosts: [evil.example:80]\n") == [
+        f"{PATH}:2: api.allowed_hosts: 'evil.example:80' is not a host name or address "
+        "(no port, no scheme)"
     ]
 
 
@@ -195,7 +216,9 @@ def test_every_problem_is_reported_at_once() -> None:
         [
             f"{PATH}:2: api.listen: 'nohostport': expected HOST:PORT, e.g. 127.0.0.1:9780",
             f"{PATH}:3: api.socket: 'rel': use an absolute path",
-            f"{PATH}:4: api.bogus: unknown key (known: listen, socket, token_file)",
+            f"{PATH}:4: api.bogus: unknown key (known: listen, socket, token_file, "
+            "allowed_hosts, max_connections, max_connections_per_address, "
+            "socket_max_connections, socket_max_connections_per_uid)",
             f"{PATH}:5: extra: unknown key (known: api, events, sinks, security, reload)",
         ]
     )

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote
 import httptools
 
 from healthd import __version__
+from healthd.api.hosts import BadHost, split_host
 from healthd.api.messages import HttpError, Peer, Request, Response, error_response, phrase
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class Connection(asyncio.Protocol):
         self.streaming = False  # a streamed answer is being written
         self.writable = asyncio.Event()  # cleared while the client does not take its answers
         self.writable.set()
+        self.counted = False  # in the server's budget (refused ones are not)
+        self.waiting_at = asyncio.get_running_loop().time()  # since when it waits for its client
         self._reset()
 
     def _reset(self) -> None:
@@ -62,12 +65,18 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = transport = cast(asyncio.Transport, transport)
-        full = len(self.server.connections) >= self.limits.max_connections
-        self.server.connections.add(self)  # even a refused one, until it is closed
-        if full:
-            self._refuse(503, "too many connections to the API; try again later")
-            return
         self.peer = self._identify(transport)
+        others = list(self.server.connections)  # the ones that may give way to this one
+        self.server.connections.add(self)  # even a refused one, until it is closed
+        refusal = self.server.budget.admit(self.local, self.peer, lambda: others)
+        if refusal is not None:
+            self.server.refusing += 1
+            if self.server.refusing > self.limits.max_refused:
+                self.abort()  # a flood: no answer, no linger, no memory
+                return
+            self._refuse(503, f"{refusal.message}; try again later")
+            return
+        self.counted = True
         self._arm(self.limits.idle_timeout)
 
     def _identify(self, transport: asyncio.Transport) -> Peer:
@@ -86,6 +95,10 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.reading = False
         self.server.connections.discard(self)
+        if self.counted:
+            self._uncount()
+        elif self.transport is not None:
+            self.server.refusing -= 1
         self._disarm()
         if self.worker is not None:
             self.worker.cancel()
@@ -106,6 +119,25 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable.set()
+
+    def _uncount(self) -> None:
+        self.counted = False
+        self.server.budget.release(self.local, self.peer)
+
+    def waiting_since(self) -> float | None:
+        """When it began to wait for its client (connected, kept alive, or receiving a head);
+        None while a request is answered or a stream sent, or once it closes."""
+        if self.closing or self.worker is not None or self.queue or self.streaming:
+            return None
+        return self.waiting_at
+
+    def give_way(self) -> None:
+        """Close a connection that only waits, for a newcomer (see budget.py): its place is
+        free at once, not when the loop gets to ``connection_lost``."""
+        if self.counted:
+            self._uncount()
+            self.server.refusing += 1  # connection_lost counts it out as a refused one
+        self.abort()
 
     def abort(self) -> None:
         self.closing = True
@@ -269,6 +301,7 @@ class Connection(asyncio.Protocol):
             self.closing = True
             self.transport.close()
         elif not self.in_request:
+            self.waiting_at = asyncio.get_running_loop().time()
             self._arm(self.limits.idle_timeout)
 
     def _read_on(self) -> None:
@@ -290,6 +323,9 @@ class Connection(asyncio.Protocol):
         self._start_worker()
 
     async def _answer(self, request: Request) -> Response:
+        refused = self._misdirected(request)
+        if refused is not None:
+            return refused
         try:
             return await self.server.handler(request)
         except HttpError as exc:
@@ -301,6 +337,26 @@ class Connection(asyncio.Protocol):
                 "api_handler_failed", method=request.method, path=request.path, error=repr(exc)
             )
             return error_response(500, f"internal error: {type(exc).__name__}")
+
+    def _misdirected(self, request: Request) -> Response | None:
+        """The answer to a request on the TCP listener whose Host is not this server (see
+        hosts.py), or None. The Host is never quoted back: anyone could have written it."""
+        rule, value = self.server.hosts, request.headers.get("host")
+        if rule is None or self.local != "tcp" or value is None:
+            return None
+        try:
+            host = split_host(value)
+        except BadHost as exc:
+            return error_response(400, f"the Host header is malformed: {exc}")
+        if rule.allows(host):
+            return None
+        self.server.misdirected(host, self.peer)
+        return error_response(
+            421,
+            "this daemon does not answer to that Host (a guard against DNS rebinding); "
+            "use 127.0.0.1, localhost or the listen address, or add the name to "
+            "api.allowed_hosts",
+        )
 
     def _write(self, method: str, response: Response, close: bool) -> None:
         if self.transport is None or self.transport.is_closing():

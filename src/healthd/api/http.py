@@ -6,7 +6,8 @@ parser of Node.js, already used by the HTTP check) does the protocol parsing; th
 what a daemon facing untrusted clients needs around it, so that no client can disturb
 monitoring:
 
-- limits on the request line and headers, the body, connections and pipelined requests,
+- limits on the request line and headers, the body, connections (per listener and per
+  peer: see ``budget.py``) and pipelined requests,
   each answered with its own status code and a JSON error, never an exception (after the
   answers to the requests read before, and with a lingering close, so that the client gets
   it even while it is still sending);
@@ -17,7 +18,9 @@ monitoring:
   either, so that answers cannot pile up in memory;
 - streamed answers (Server-Sent Events) are chunked, wait for a slow client instead of
   buffering for it, are exempt from the idle timeout while they run, and end when the client
-  goes away or the server closes.
+  goes away or the server closes;
+- with a ``HostRule``, a request on the TCP listener that names another server in its
+  ``Host`` is 421 before any handler sees it (see ``hosts.py``).
 """
 
 from __future__ import annotations
@@ -30,17 +33,36 @@ import socket
 import stat
 from pathlib import Path
 
+from healthd.api.budget import ConnectionBudget
 from healthd.api.connection import Connection
-from healthd.api.messages import Handler, Limits
+from healthd.api.hosts import HostRule, IpAddress
+from healthd.api.messages import Handler, Limits, Peer
 from healthd.logs import Logger
+
+# A refused Host is logged at most this often (with how many since): any local user can
+# send them, and must not be able to fill the log.
+MISDIRECTED_LOG_INTERVAL = 60.0
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, *, log: Logger, limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        log: Logger,
+        limits: Limits | None = None,
+        hosts: HostRule | None = None,
+    ) -> None:
         self.handler = handler
         self.log = log
         self.limits = limits or Limits()
+        self.hosts = hosts  # None: any Host is answered
+        self._misdirected = 0  # refused since the last log line
+        self._misdirected_logged_at: float | None = None
         self.connections: set[Connection] = set()
+        # root's and the daemon's own connections on the socket have places kept for them
+        self.budget = ConnectionBudget(self.limits, trusted_uids={0, os.geteuid()})
+        self.refusing = 0  # refused connections not closed yet
         self._servers: list[asyncio.Server] = []
         self._socket_paths: list[Path] = []
 
@@ -58,14 +80,33 @@ class HttpServer:
         """Listen on a Unix socket at ``path`` (a stale socket file there is replaced)."""
         _clear_socket_path(path)
         loop = asyncio.get_running_loop()
-        old_umask = os.umask(0o777 & ~mode)  # created with the mode, never wider for a moment
+        # bind() creates the file with this mode, never wider for a moment. No chmod of the
+        # path after it: whoever can write in the directory could have swapped a symlink in
+        # by then, and the chmod would give the mode to the file it points to.
+        old_umask = os.umask(0o777 & ~mode)
         try:
             server = await loop.create_unix_server(lambda: Connection(self, "unix"), str(path))
         finally:
             os.umask(old_umask)
-        os.chmod(path, mode)
         self._servers.append(server)
         self._socket_paths.append(path)
+
+    def misdirected(self, host: str | IpAddress, peer: Peer) -> None:
+        """Note a request refused for its Host; logged at most once a minute."""
+        self._misdirected += 1
+        now = asyncio.get_running_loop().time()
+        last = self._misdirected_logged_at
+        if last is not None and now - last < MISDIRECTED_LOG_INTERVAL:
+            return
+        self.log.warning(
+            "api_host_refused",
+            host=str(host),  # a parsed name or address: no other characters get here
+            peer=peer.host,
+            refused=self._misdirected,
+            hint="a page may be trying DNS rebinding; or add the name to api.allowed_hosts",
+        )
+        self._misdirected = 0
+        self._misdirected_logged_at = now
 
     async def close(self) -> None:
         """Stop listening and close every connection (handlers in flight are cancelled)."""

@@ -87,7 +87,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 class Limits:
     max_head_bytes: int = 16 * 1024  # request line and headers
     max_body_bytes: int = 64 * 1024
-    max_connections: int = 256
+    max_connections: int = 256  # the TCP listener's (see budget.py)
+    max_connections_per_address: int = 64
+    socket_max_connections: int = 64  # the Unix socket's, of which the last ...
+    socket_max_connections_per_uid: int = 16  # ... this many are kept for root
+    max_refused: int = 64  # refused ones still being told so; beyond, cut at once
     max_pipelined: int = 16  # requests read ahead of the one being answered
     header_timeout: float = 10.0
     idle_timeout: float = 30.0

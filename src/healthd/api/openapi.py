@@ -49,6 +49,27 @@ _WORKLOAD_PARAM = {
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}, {}]
 
 
+# What any route may answer on the TCP listener, before it is reached (api/hosts.py).
+_HOST_ERRORS = {
+    "400": _json("Error", "bad request (a malformed parameter or Host header)"),
+    "421": _json(
+        "Error",
+        "the Host header names another server (a guard against DNS rebinding): use "
+        "127.0.0.1, localhost or the listen address, or list the name in api.allowed_hosts",
+    ),
+}
+
+
+def _with_host_errors(paths: dict[str, Any]) -> None:
+    for operations in paths.values():
+        for method, operation in operations.items():
+            if method == "parameters":  # shared by the path's operations: not one of them
+                continue
+            responses = operation["responses"]
+            for code, answer in _HOST_ERRORS.items():
+                responses.setdefault(code, answer)
+
+
 def _get(summary: str, schema: str, *errors: int, **extra: Any) -> dict[str, Any]:
     return {
         "get": {
@@ -164,7 +185,7 @@ def document() -> dict[str, Any]:
         "required": False,
         "schema": {"type": "integer", "minimum": 1, "maximum": HISTORY_SIZE},
     }
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
             "title": "healthd API",
@@ -292,3 +313,5 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+    _with_host_errors(doc["paths"])
+    return doc

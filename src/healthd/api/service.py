@@ -12,7 +12,9 @@ from pathlib import Path
 
 from healthd.api.app import Api
 from healthd.api.auth import Authorizer, read_token
+from healthd.api.hosts import HostRule
 from healthd.api.http import HttpServer
+from healthd.api.messages import Limits
 from healthd.config.daemon_file import ApiSettings, ListenAddress
 from healthd.engine.daemon import Daemon
 from healthd.errors import HealthdError
@@ -42,11 +44,17 @@ class ApiService:
         authorizer = Authorizer(
             token, loopback=listen is None or listen.is_loopback, own_uid=os.geteuid()
         )
-        self.server = HttpServer(Api(self.daemon, authorizer), log=self.log)
+        allowed = self.settings.allowed_hosts
+        hosts = HostRule.for_listener(listen.host, allowed) if listen is not None else None
+        self.server = HttpServer(
+            Api(self.daemon, authorizer), log=self.log, limits=self._limits(), hosts=hosts
+        )
         try:
             if listen is not None:
                 host, port = await self._listen(listen)
                 self.endpoints["listen"] = str(ListenAddress(host, port))
+                # the address a name in api.listen was bound to answers too
+                self.server.hosts = HostRule.for_listener(listen.host, (host, *allowed))
             if socket_path is not None:
                 await self._listen_unix(socket_path)
                 self.endpoints["socket"] = str(socket_path)
@@ -55,6 +63,20 @@ class ApiService:
             raise
         self.daemon.api_endpoints = dict(self.endpoints)
         self.log.info("api_listening", token=token is not None, **self.endpoints)
+
+    def _limits(self) -> Limits:
+        settings = self.settings
+        if settings.socket_max_connections_per_uid >= settings.socket_max_connections:
+            raise ApiStartError(
+                "api.socket_max_connections_per_uid must be below api.socket_max_connections: "
+                "that many places are kept for root, and other users need some too"
+            )
+        return Limits(
+            max_connections=settings.max_connections,
+            max_connections_per_address=settings.max_connections_per_address,
+            socket_max_connections=settings.socket_max_connections,
+            socket_max_connections_per_uid=settings.socket_max_connections_per_uid,
+        )
 
     async def _listen(self, listen: ListenAddress) -> tuple[str, int]:
         assert self.server is not None

@@ -9,6 +9,11 @@ file named on the command line must exist.
       listen: 127.0.0.1:9780       # HTTP API; "" turns the TCP listener off
       socket: /run/healthd.sock    # also a Unix socket (mode 0660); off when not set
       token_file: /etc/volt/healthd.token   # bearer token for mutating calls (mode 0600)
+      allowed_hosts: [node1.example]  # Host names the TCP listener answers to, beyond
+                                   # localhost and addresses (DNS rebinding guard)
+      max_connections: 256         # TCP listener; max_connections_per_address: 64
+      socket_max_connections: 64   # Unix socket; socket_max_connections_per_uid: 16,
+                                   # and that many kept for root
     security:
       strict_modes: true           # as root: no commands from files others could change
       pass_environment: [TZ]       # the daemon's variables that exec checks get too
@@ -27,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from healthd.api.hosts import BadHost, host_value
 from healthd.config import nodes
 from healthd.config.sinks import SinkSettings, parse_sinks
 from healthd.config.workload import ENV_NAME
@@ -82,6 +88,13 @@ class ApiSettings:
     listen: ListenAddress | None = field(default_factory=lambda: parse_listen(DEFAULT_LISTEN))
     socket: Path | None = None
     token_file: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()  # names (or addresses) beyond the listener's own
+    # Connection budgets (api/budget.py): the TCP listener's, per source address, the Unix
+    # socket's, and per uid on it (also the places kept for root).
+    max_connections: int = 256
+    max_connections_per_address: int = 64
+    socket_max_connections: int = 64
+    socket_max_connections_per_uid: int = 16
 
 
 @dataclass(frozen=True)
@@ -129,10 +142,34 @@ def _listen(node: yaml.Node) -> ListenAddress | None:
         raise nodes.Invalid(str(exc)) from None
 
 
+def _hosts(node: yaml.Node) -> tuple[str, ...]:
+    hosts = nodes.strings(node)
+    for host in hosts:
+        try:
+            host_value(host)
+        except BadHost:
+            raise nodes.Invalid(
+                f"{host!r} is not a host name or address (no port, no scheme)"
+            ) from None
+    return hosts
+
+
+def _connections(node: yaml.Node) -> int:
+    value = nodes.count(node)
+    if not 1 <= value <= 100_000:
+        raise nodes.Invalid(f"{value}: must be from 1 to 100000")
+    return value
+
+
 _API_KEYS: dict[str, nodes.Converter] = {
     "listen": _listen,
     "socket": nodes.path,
     "token_file": nodes.path,
+    "allowed_hosts": _hosts,
+    "max_connections": _connections,
+    "max_connections_per_address": _connections,
+    "socket_max_connections": _connections,
+    "socket_max_connections_per_uid": _connections,
 }
 
 
