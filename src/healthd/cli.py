@@ -8,6 +8,7 @@ workload); 2 usage or configuration error where the command could not do its job
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import shlex
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from healthd import __version__, durations, secret_file
+from healthd import __version__, containment, durations, orphans, secret_file
 from healthd.checks import KINDS
 from healthd.checks.exec import pass_environment
 from healthd.config import editor, trust
@@ -322,7 +323,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from healthd.sinks.notifier import build_notifier  # noqa: PLC0415
     from healthd.systemd import SystemdNotifier  # noqa: PLC0415
 
+    log.info("containment", **containment.contain_commands())
+
     async def serve() -> None:
+        orphans.reap_periodically(asyncio.get_running_loop())
         notifier = build_notifier(daemon_file, settings.status_dir, log)
         bus = EventBus(log, [LogSink(log), notifier], journal=notifier.journal)
         daemon = Daemon(
@@ -340,7 +344,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             await service.close()
 
-    run_loop(serve())
+    try:
+        run_loop(serve())
+    finally:
+        containment.cgroups.close()
     return OK
 
 

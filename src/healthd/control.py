@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from healthd import containment
 from healthd.checks import KINDS, run_check
 from healthd.cli import OK, PROBLEM, USAGE
 from healthd.client import ApiCallError, ApiClient, NotRunning, candidates, running_daemon
@@ -300,7 +301,11 @@ def check_here(args: argparse.Namespace) -> int:
             )
         return address, await run_check(cfg, address.host if address else "")
 
-    address, result = run_loop(once())
+    containment.contain_commands()  # what the command leaves is killed and reaped, as in run
+    try:
+        address, result = run_loop(once())
+    finally:
+        containment.cgroups.close()
     target = KINDS[cfg.type].describe(cfg, address.host if address else "")
     took = f"{result.duration * 1000:.1f} ms"
     if address is not None and address.is_fallback:

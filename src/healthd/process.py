@@ -21,9 +21,11 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from healthd.accounts import Credentials
-from healthd.spawn import kill_group, program_path, spawn, spawn_as
+from healthd.containment import cgroups
+from healthd.spawn import kill_group, program_path, reaped, spawn, spawn_as
 
 # After the child exits, how long to wait for its pipe to reach EOF. Well-behaved commands close
 # it with their exit; a detached grandchild that keeps it open must not stall us.
@@ -74,6 +76,7 @@ class Child:
     __slots__ = (
         "_argv0",
         "_cap",
+        "_cgroup",
         "_chunks",
         "_done",
         "_dropped",
@@ -124,15 +127,25 @@ class Child:
         self._stdin_left = memoryview(stdin or b"")
         self._writing = False
         self.pid = 0
+        self._cgroup: Path | None = None
         self._argv0 = argv[0]
         self._started = time.monotonic()
         path = program_path(argv[0], None if env is None else env.get("PATH", os.defpath))
         if path is None:
             self._spawn_failed(f"{argv[0]}: No such file or directory", errno.ENOENT)
             return
+        if kill_leftovers and cgroups.active:
+            # A command that must leave nothing behind is born in a cgroup of its own where
+            # the host allows it: a setsid() grandchild escapes its process group, not that.
+            try:
+                self._cgroup = cgroups.create()
+            except OSError as exc:
+                self._spawn_failed(f"{argv[0]}: cannot create its cgroup: {exc.strerror or exc}")
+                return
         try:
             read_end, write_end = os.pipe2(os.O_CLOEXEC)
         except OSError as exc:  # out of descriptors: a failed run, not a crash
+            self._release_cgroup()
             self._spawn_failed(f"{argv[0]}: cannot create output pipe: {exc.strerror or exc}")
             return
         child_stdin = -1
@@ -142,6 +155,7 @@ class Child:
             except OSError as exc:
                 os.close(read_end)
                 os.close(write_end)
+                self._release_cgroup()
                 self._spawn_failed(f"{argv[0]}: cannot create input pipe: {exc.strerror or exc}")
                 return
             os.set_blocking(self._stdin, False)  # our end only, as for the output pipe
@@ -150,18 +164,24 @@ class Child:
         self._loop.add_reader(read_end, self._on_output)
         env = os.environ if env is None else env
         try:
-            # In the caller's thread: spawning from a thread pool was measured to gain little
-            # throughput, cost more CPU per check, and let a spawn queued at shutdown start
-            # a command nobody watches.
-            if credentials is None:
-                spawned = spawn(path, list(argv), env, write_end, child_stdin)
+            if self._cgroup is None:
+                spawned = _spawn(path, argv, env, write_end, child_stdin, credentials=credentials)
             else:
-                spawned = spawn_as(path, list(argv), env, write_end, child_stdin, creds=credentials)
+                spawned = _spawn_in(
+                    self._cgroup,
+                    path,
+                    argv,
+                    env,
+                    write_end,
+                    stdin=child_stdin,
+                    credentials=credentials,
+                )
             self.pid, self._pidfd = spawned
         except (OSError, ValueError) as exc:
             # ValueError: a NUL byte in an argument or the environment, which exec cannot pass
             self._close_pipe()
             self._close_stdin()
+            self._release_cgroup()
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             code = exc.errno if isinstance(exc, OSError) else 0
             self._spawn_failed(f"{argv[0]}: {reason}", code or 0)
@@ -175,13 +195,24 @@ class Child:
         if self._returncode is None:
             self._timed_out = True
             if self.pid:
-                kill_group(self.pid)
+                self._kill_all()
 
     def detach(self) -> None:
         """The caller no longer wants the outcome (cancelled): kill, reap, report nothing."""
         self._done = None
         if self.pid and self._returncode is None:
-            kill_group(self.pid)
+            self._kill_all()
+
+    def _kill_all(self) -> None:
+        """The whole process group, and the whole cgroup (setsid() descendants too) if any."""
+        kill_group(self.pid)
+        if self._cgroup is not None:
+            cgroups.kill(self._cgroup)
+
+    def _release_cgroup(self) -> None:
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is not None:
+            cgroups.remove(cgroup, self._loop)
 
     # -- loop callbacks -------------------------------------------------------------------
 
@@ -230,6 +261,7 @@ class Child:
             _, status = os.waitpid(self.pid, 0)  # it has exited: this does not block
         except ChildProcessError:  # reaped behind our back; the outcome is unknown
             status = -1
+        reaped(self.pid)
         self._exited(status)
 
     def _exited(self, status: int) -> None:
@@ -239,7 +271,8 @@ class Child:
             code = os.waitstatus_to_exitcode(status)
         self._returncode = code
         if self._kill_leftovers or self._timed_out:
-            kill_group(self.pid)
+            self._kill_all()
+        self._release_cgroup()
         if self._eof:
             self._report()
         else:
@@ -280,6 +313,47 @@ class Child:
         if done is not None:
             duration = time.monotonic() - self._started
             done(ProcessOutcome(None, "", duration, spawn_error=reason, spawn_errno=error))
+
+
+def _spawn(
+    path: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    output: int,
+    stdin: int,
+    *,
+    credentials: Credentials | None,
+) -> tuple[int, int]:
+    # In the caller's thread: spawning from a thread pool was measured to gain little
+    # throughput, cost more CPU per check, and let a spawn queued at shutdown start a command
+    # nobody watches.
+    if credentials is None:
+        return spawn(path, list(argv), env, output, stdin)
+    return spawn_as(path, list(argv), env, output, stdin, creds=credentials)
+
+
+def _spawn_in(
+    cgroup: Path,
+    path: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    output: int,
+    *,
+    stdin: int,
+    credentials: Credentials | None,
+) -> tuple[int, int]:
+    """``_spawn`` with the child born in ``cgroup``; ``output`` and ``stdin`` closed always."""
+    try:
+        cgroups.enter(cgroup)
+    except OSError:
+        os.close(output)
+        if stdin >= 0:
+            os.close(stdin)
+        raise
+    try:
+        return _spawn(path, argv, env, output, stdin, credentials=credentials)
+    finally:
+        cgroups.leave(cgroup)
 
 
 async def run_process(

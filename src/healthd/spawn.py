@@ -23,6 +23,15 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+# Pids spawned here and not yet reaped by their owner (``reaped``): the orphan reaper
+# (``orphans.py``) must leave those to their pidfds.
+live: set[int] = set()
+
+
+def reaped(pid: int) -> None:
+    live.discard(pid)
+
+
 _program_paths: dict[tuple[str, str | None], str] = {}
 
 
@@ -89,11 +98,13 @@ def spawn(
 
 def _watch(pid: int) -> int:
     try:
-        return os.pidfd_open(pid)
+        pidfd = os.pidfd_open(pid)
     except OSError:  # out of descriptors: do not leave a child we cannot watch
         kill_group(pid)
         os.waitpid(pid, 0)
         raise
+    live.add(pid)
+    return pidfd
 
 
 def spawn_as(
