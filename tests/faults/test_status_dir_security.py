@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from healthd.store.state_files import status_dir_problem
 from integration.harness import DaemonProc, run_cli, wait_for, write
 
 NOBODY = 65534
@@ -208,3 +209,17 @@ def test_state_files_are_as_readable_as_the_api(
     assert "unhealthy" in events.stdout, events.stderr
     after = {n: stat.S_IMODE((daemon.status_dir / n).stat().st_mode) for n in STATE_FILES[:3]}
     assert after == dict.fromkeys(STATE_FILES[:3], 0o640)
+
+
+def test_a_status_dir_others_can_write_to_is_named_with_the_fix(tmp_path: Path) -> None:
+    """A sticky dir writable by all (1777) still lets others plant names not yet taken, such
+    as events.db-wal before the daemon starts: it is reported like a group-writable one."""
+    status = tmp_path / "status"
+    status.mkdir()
+    for mode in (0o1777, 0o775, 0o757):
+        status.chmod(mode)
+        assert status_dir_problem(status) == (
+            f"mode {mode:04o} lets group or others create files in it; run: chmod go-w {status}"
+        )
+    status.chmod(0o755)
+    assert status_dir_problem(status) is None
