@@ -33,6 +33,7 @@ from healthd.engine import dependencies
 from healthd.errors import ConfigError, DurationError, HealthdError
 from healthd.logs import make_logger
 from healthd.loop import run_loop
+from healthd.store.state_files import state_file_mode
 from healthd.tables import print_table
 
 OK, PROBLEM, USAGE = 0, 1, 2
@@ -302,6 +303,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"healthd: --listen: {exc}", file=sys.stderr)
             return USAGE
+    anyone_reads = api.listen is not None and api.listen.is_loopback
+    settings = dataclasses.replace(
+        settings, state_file_mode=state_file_mode(anyone_may_read_api=anyone_reads)
+    )
     log = make_logger(fmt=args.log_format)
     loose, where = secret_file.loose_credentials(daemon_file.path, daemon_file.sinks)
     if loose:  # said at every start: the credentials are readable by others right now
@@ -327,7 +332,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         orphans.reap_periodically(asyncio.get_running_loop())
-        notifier = build_notifier(daemon_file, settings.status_dir, log)
+        notifier = build_notifier(
+            daemon_file, settings.status_dir, log, mode=settings.state_file_mode
+        )
         bus = EventBus(log, [LogSink(log), notifier], journal=notifier.journal)
         daemon = Daemon(
             settings,

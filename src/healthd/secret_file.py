@@ -12,15 +12,11 @@ is readable by others, so the daemon can say so at start.
 from __future__ import annotations
 
 import os
-import re
 import stat
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from healthd.config.sinks import SinkSettings
-
-# Header names whose values are credentials, whatever the receiver calls them.
-SECRET_HEADER = re.compile(r"authorization|cookie|token|secret|key|auth|pass|signature", re.I)
+from healthd.config.sinks import CREDENTIAL_NAME, SinkSettings
 
 
 def problem(path: Path, info: os.stat_result, what: str) -> str | None:
@@ -67,7 +63,7 @@ def credentials_in(sink: SinkSettings) -> list[str]:
         parts = urlsplit(sink.url)
         if parts.username or parts.password or parts.query:
             found.append(f"sinks.{sink.name}.url")
-    found += [f"sinks.{sink.name}.headers.{h}" for h in sink.headers if SECRET_HEADER.search(h)]
+    found += [f"sinks.{sink.name}.headers.{h}" for h in sink.headers if CREDENTIAL_NAME.search(h)]
     return found
 
 

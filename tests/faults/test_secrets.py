@@ -23,7 +23,15 @@ import pytest
 import yaml
 
 from healthd.config.sinks import SinkSettings, redact
-from integration.harness import DaemonProc, connect, free_port, wait_for, write, write_token
+from integration.harness import (
+    ApiClient,
+    DaemonProc,
+    connect,
+    free_port,
+    wait_for,
+    write,
+    write_token,
+)
 from integration.test_sinks_webhook import Receiver, receiver
 
 __all__ = ["receiver"]
@@ -76,6 +84,39 @@ def cli(daemon: DaemonProc, *args: str) -> str:
         check=False,
     )
     return f"{run.stdout}\n{run.stderr}"
+
+
+def every_output(daemon: DaemonProc, api: ApiClient) -> dict[str, str]:
+    """Everything the daemon shows or keeps, by where: every GET of the API, the CLI's views,
+    then (after a clean stop) its log, the journal's rows and every byte of the status dir."""
+    outputs: dict[str, str] = {}
+    for path in (
+        "/",
+        "/healthz",
+        "/metrics",
+        "/v1/openapi.json",
+        "/v1/status",
+        "/v1/status/job",
+        "/v1/workloads",
+        "/v1/workloads/job/history",
+        "/v1/events?limit=1000",
+        "/v1/sinks",
+    ):
+        reply = api.call("GET", path)
+        assert reply.status == 200, (path, reply.text)
+        outputs[f"GET {path}"] = reply.text
+    outputs["cli status"] = cli(daemon, "status", "--api", daemon.api_url())
+    outputs["cli events"] = cli(daemon, "events", "--status-dir", str(daemon.status_dir))
+    outputs["cli events --json"] = cli(
+        daemon, "events", "--json", "--status-dir", str(daemon.status_dir)
+    )
+    assert daemon.terminate() == 0
+    outputs["log"] = daemon.log()
+    outputs["events.db rows"] = dump_db(daemon.status_dir / "events.db")
+    for file in sorted(daemon.status_dir.rglob("*")):
+        if file.is_file():  # every byte the daemon left on disk: a WAL, a temporary file too
+            outputs[f"file {file.name}"] = file.read_bytes().decode("latin-1")
+    return outputs
 
 
 BASIC = base64.b64encode(f"{URL_USER}:{URL_PASSWORD}".encode()).decode()
@@ -176,33 +217,7 @@ def test_no_secret_appears_in_any_output(
     assert {r.headers["authorization"] for r in hooked} == {f"Basic {BASIC}"}
     assert bearer_receiver.got("/bearer")[0].headers["authorization"] == f"Bearer {BEARER}"
 
-    outputs: dict[str, str] = {}
-    for path in (
-        "/",
-        "/healthz",
-        "/metrics",
-        "/v1/openapi.json",
-        "/v1/status",
-        "/v1/status/job",
-        "/v1/workloads",
-        "/v1/workloads/job/history",
-        "/v1/events?limit=1000",
-        "/v1/sinks",
-    ):
-        reply = api.call("GET", path)
-        assert reply.status == 200, (path, reply.text)
-        outputs[f"GET {path}"] = reply.text
-    outputs["cli status"] = cli(daemon, "status", "--api", daemon.api_url())
-    outputs["cli events"] = cli(daemon, "events", "--status-dir", str(daemon.status_dir))
-    outputs["cli events --json"] = cli(
-        daemon, "events", "--json", "--status-dir", str(daemon.status_dir)
-    )
-    assert daemon.terminate() == 0
-    outputs["log"] = daemon.log()
-    outputs["events.db rows"] = dump_db(daemon.status_dir / "events.db")
-    for file in sorted(daemon.status_dir.rglob("*")):
-        if file.is_file():  # every byte the daemon left on disk: a WAL, a temporary file too
-            outputs[f"file {file.name}"] = file.read_bytes().decode("latin-1")
+    outputs = every_output(daemon, api)
     assert {"file statuses.json", "file daemon.json", "file events.db"} <= set(outputs)
     # The failures were said (without secrets): a 500 of the receiver, a refused connection.
     assert "HTTP 500 Internal Server Error: receiver broken: got key *** query" in outputs["log"]
@@ -338,5 +353,125 @@ def test_redact_takes_out_every_form_a_sink_secret_can_be_echoed_in() -> None:
     )
     assert redact(text, settings) == (
         "POST https://hooks.example/h: HTTP 401: bad password *** (***), "
-        "Basic ***, ***, ***, team ops"
+        "Basic ***, sig=***, ***, team ops"
     )
+    # The bare values, as a receiver may echo them: the query's, the credential after a scheme.
+    assert redact("got QUERY-SECRET and HDR-SECRET", settings) == "got *** and ***"
+
+
+def test_redact_takes_out_every_query_value_named_and_long_ones_bare() -> None:
+    """Every value of the query is taken out where it is named (``v=1``); as bare text, a long
+    one (8 characters), or one whose name says credential from 4: a ``1`` or ``json`` alone
+    is left, or every 1 in an error would be ***."""
+    settings = SinkSettings(
+        name="s",
+        type="webhook",
+        url="http://h.example/h?v=1&format=json&access_token=abcd&tenant=longvalue1&x=a%2Bb+c",
+    )
+    text = (
+        "HTTP 500: v=1 format=json access_token=abcd tenant=longvalue1 x=a+b c; "
+        'bare: 1 json abcd longvalue1 a+b c; in JSON {"application/json": 1}'
+    )
+    assert redact(text, settings) == (
+        "HTTP 500: v=*** format=*** access_token=*** tenant=*** x=***; "
+        'bare: 1 json *** *** a+b c; in JSON {"application/json": 1}'
+    )
+
+
+def test_redact_takes_out_the_credential_after_any_auth_scheme() -> None:
+    basic = base64.b64encode(b"hdruser:HDRPASSWORD").decode()
+    settings = SinkSettings(
+        name="s",
+        type="webhook",
+        url="http://h.example/h",
+        headers={
+            "Authorization": "Bearer BEARER-1",
+            "Proxy-Authorization": f"Basic {basic}",
+            "X-Custom": "Token TOKEN-2",  # a known scheme, whatever the header's name
+            "X-Api-Key": "Key KEY3",  # a header whose name says credential, any scheme
+            "X-Team": "ops team",  # neither: only the whole value is taken out
+        },
+    )
+    text = f"got BEARER-1, {basic}, hdruser:HDRPASSWORD, HDRPASSWORD, TOKEN-2, KEY3, ops, team"
+    assert redact(text, settings) == "got ***, ***, ***, ***, ***, ***, ops, team"
+    assert redact("ops team", settings) == "***"
+
+
+BARE_QUERY = "BAREQUERY-8a7b6c"
+BARE_BEARER = "BAREBEARER-5d4e3f"
+BARE_AM = "BAREAM-2a3b4c"
+
+
+def test_a_receiver_echoing_just_the_bare_secret_value_leaks_it_nowhere(
+    daemon: DaemonProc, receiver: Receiver, bearer_receiver: Receiver, tmp_path: Path
+) -> None:
+    """Receivers that answer 500 with nothing but the value of ``?token=`` or the token of
+    ``Authorization: Bearer``: that value alone is a secret too, wherever it shows up. The
+    Alertmanager's re-posts (logged by the sink itself) are covered as well."""
+    receiver.start()
+    receiver.answer((500, BARE_QUERY), (500, BARE_QUERY))  # then 200s
+    bearer_receiver.answer((500, BARE_BEARER), (500, BARE_BEARER))
+    am = Receiver().start()
+    am.answer(200)  # the alert posted, then every re-post refused
+    am.default = (500, BARE_AM)
+    try:
+        config = {
+            "sinks": [
+                {
+                    "name": "query",
+                    "type": "webhook",
+                    "url": f"{receiver.url}/q?token={BARE_QUERY}",
+                    "events": ["unhealthy", "healthy"],
+                },
+                {
+                    "name": "bearer",
+                    "type": "webhook",
+                    "url": f"{bearer_receiver.url}/b",
+                    "headers": {"Authorization": f"Bearer {BARE_BEARER}"},
+                    "events": ["unhealthy", "healthy"],
+                },
+                {
+                    "name": "am",
+                    "type": "alertmanager",
+                    "url": am.url,
+                    "headers": {"Authorization": f"Bearer {BARE_AM}"},
+                    "events": ["unhealthy"],
+                    "resend_interval": "200ms",
+                    "timeout": "2s",
+                },
+            ]
+        }
+        private(daemon.daemon_config, yaml.safe_dump(config))
+        flag = tmp_path / "job.broken"
+        write(daemon, "job", "exec", target=f"test ! -e {flag}", retries=1)
+        daemon.start()
+        api = connect(daemon)
+        flag.touch()
+        api.wait_status("job", lambda s: s["state"] == "unhealthy")
+        daemon.wait_event("alertmanager_resend_failed")
+        flag.unlink()
+        api.wait_status("job", lambda s: s["state"] == "healthy")
+
+        def delivered() -> bool:
+            sinks = {s["name"]: s for s in api.get("/v1/sinks")["sinks"]}
+            hooks = (sinks["query"], sinks["bearer"])
+            return all(s["delivered"] == 2 and s["retries"] and not s["pending"] for s in hooks)
+
+        wait_for("deliveries refused, then made", delivered, 30, daemon.log)
+        assert receiver.got()[0].path == f"/q?token={BARE_QUERY}"  # used where it belongs
+        assert bearer_receiver.got()[0].headers["authorization"] == f"Bearer {BARE_BEARER}"
+        outputs = every_output(daemon, api)
+    finally:
+        am.stop()
+    # What was said instead (a delivery made at last keeps no error in the journal).
+    refused = [line for line in outputs["log"].splitlines() if "HTTP 500" in line]
+    assert {"sink=query", "sink=bearer", "sink=am"} <= {w for x in refused for w in x.split()}
+    assert all('HTTP 500 Internal Server Error: ***"' in line for line in refused)
+    assert "event=alertmanager_resend_failed" in outputs["log"]
+    leaks = [
+        (secret, where)
+        for secret in (BARE_QUERY, BARE_BEARER, BARE_AM)
+        for where, text in outputs.items()
+        if secret in text
+    ]
+    assert leaks == [], leaks

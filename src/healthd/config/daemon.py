@@ -36,3 +36,5 @@ class DaemonSettings:
     strict_modes: bool = True  # as root, refuse commands from files others could change
     watch_config: bool = True  # reload by itself when the config dir changes
     watch_quiet: float = 0.25  # a burst of changes ends after this long without one
+    # statuses.json, daemon.json, events.db: as readable as the API (store/state_files.py)
+    state_file_mode: int = 0o644

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 import yaml
 
@@ -71,6 +71,24 @@ class SinkSettings:
         return self.workloads is None or not workload or workload in self.workloads
 
 
+# A secret this short is taken out of an error only where the error names it (`token=ab`,
+# `Bearer ab`, the whole header value): replacing every "ab" would garble the message.
+MIN_BARE_SECRET = 4
+# A query value may be no secret at all (`?format=json`, `?v=1`): as bare text it is taken out
+# from this length on, unless its name says it is a credential (`?token=`, `?api_key=`).
+MIN_BARE_QUERY_VALUE = 8
+# Credentials by name: a header or query parameter called so carries a secret.
+CREDENTIAL_NAME = re.compile(r"authorization|cookie|token|secret|key|auth|pass|signature", re.I)
+# Schemes of the Authorization header (IANA's registry, and the common "Token"/"ApiKey"):
+# in any header, the credential after one of them is a secret.
+_AUTH_SCHEME = re.compile(
+    r"basic|bearer|digest|dpop|gnap|hoba|mutual|negotiate|ntlm|privatetoken|scram-sha-(1|256)"
+    r"|token|apikey|vapid",
+    re.I,
+)
+_SCHEME_AND_CREDENTIAL = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s+(\S.*)")
+
+
 def public_url(url: str) -> str:
     """A sink's URL without what may be a secret: user and password, and the query."""
     parts = urlsplit(url)
@@ -84,21 +102,75 @@ def public_url(url: str) -> str:
 def redact(text: str, settings: SinkSettings) -> str:
     """``text`` (a delivery error: logged, journaled, shown) without the secrets the sink's
     settings hold. An error may quote the URL it posted to, and a receiver may echo back what
-    it got: a header's value, the query, the user and password (also as HTTP basic auth)."""
+    it got, whole or in part: a header's value or just the credential after its scheme, the
+    query or any one value of it, the user and password (also as HTTP basic auth)."""
     if not text:
         return text
     if settings.url:
         text = text.replace(settings.url, public_url(settings.url))
+    pattern, replacements = _redaction(settings)
+    if pattern is None:
+        return text
+    return pattern.sub(lambda m: replacements[m.group(0)], text)
+
+
+def _redaction(settings: SinkSettings) -> tuple[re.Pattern[str] | None, dict[str, str]]:
+    """One pattern matching every form of every secret of ``settings``, longest first (so a
+    `name=value` is taken out whole before its value alone), and what replaces each."""
+    found: dict[str, str] = {}
+
+    def secret(value: str, minimum: int = MIN_BARE_SECRET) -> None:
+        if len(value) >= minimum:
+            found.setdefault(value, "***")
+
     parts = urlsplit(settings.url)
-    secrets = [parts.password or "", parts.query, *settings.headers.values()]
     if parts.username is not None or parts.password is not None:
-        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-        secrets += [unquote(parts.password or ""), base64.b64encode(pair.encode()).decode()]
-    # Not a value of a few characters ("X-Team: ops"): a secret is longer, and replacing
-    # every "ops" would garble the message.
-    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        secret(parts.password or "")
+        secret(password)
+        secret(base64.b64encode(f"{user}:{password}".encode()).decode())
+    for raw in filter(None, parts.query.split("&")):
+        raw_name, equals, raw_value = raw.partition("=")
+        if not equals:  # "?SECRET": a value without a name
+            secret(raw)
+            secret(unquote_plus(raw))
+            continue
+        name, value = unquote_plus(raw_name), unquote_plus(raw_value)
+        if not value:
+            continue
+        # named, it is taken out whatever its length: "token=1" says what the 1 is
+        found[raw] = f"{raw_name}=***"
+        found.setdefault(f"{name}={value}", f"{name}=***")
+        minimum = MIN_BARE_SECRET if CREDENTIAL_NAME.search(name) else MIN_BARE_QUERY_VALUE
+        secret(raw_value, minimum)
+        secret(value, minimum)
+    for name, value in settings.headers.items():
+        secret(value)
+        for credential in _credentials(name, value):
+            secret(credential)
+    if not found:
+        return None, {}
+    alternatives = sorted(found, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, alternatives))), found
+
+
+def _credentials(name: str, value: str) -> list[str]:
+    """The secrets inside a header's value: the credential after an auth scheme (in a header
+    whose name says it carries one, or after a known scheme), and a Basic pair's password."""
+    match = _SCHEME_AND_CREDENTIAL.fullmatch(value.strip())
+    if match is None:
+        return []
+    scheme, credential = match.group(1), match.group(2).strip()
+    if not (CREDENTIAL_NAME.search(name) or _AUTH_SCHEME.fullmatch(scheme)):
+        return []
+    out = [credential]
+    if scheme.lower() == "basic":
+        try:
+            pair = base64.b64decode(credential, validate=True).decode()
+        except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+            return out
+        out += [pair, pair.partition(":")[2]]
+    return out
 
 
 def _event_types(node: yaml.Node) -> tuple[EventType, ...]:

@@ -43,6 +43,7 @@ from healthd.logs import Logger
 from healthd.model import CheckResult, Clock, Event, EventType, SystemClock, WorkloadStatus
 from healthd.resolve import MachinectlResolver, Resolver
 from healthd.store.atomic import remove_stale_temps
+from healthd.store.state_files import status_dir_problem
 from healthd.store.status import StatusStore, format_time
 from healthd.systemd import SystemdNotifier
 
@@ -75,7 +76,7 @@ class Daemon:
             settings.unit_template, settings.restart_timeout
         )
         self.rng = rng
-        self.store = StatusStore(settings.status_dir)
+        self.store = StatusStore(settings.status_dir, settings.state_file_mode, log)
         self.scheduler = Scheduler(
             log=log,
             exec_limit=settings.exec_in_flight,
@@ -187,6 +188,15 @@ class Daemon:
         raise_open_file_limit()
         if self.notifier is not None:
             self.notifier.open()
+        unsafe = status_dir_problem(self.settings.status_dir)
+        if unsafe:
+            self.log.warning(
+                "status_dir_unsafe",
+                dir=str(self.settings.status_dir),
+                problem=unsafe,
+                consequence="others can plant links or files under the names of the daemon's "
+                "files; links found are removed, but one planted between two steps is not",
+            )
         if self.settings.watch_config:
             # Armed before the load: a change made while the dir loads is seen, not missed.
             self.watcher = ConfigWatcher(

@@ -119,7 +119,7 @@ class StatusWriter:
             if snapshot < self._written:
                 return  # a writer thread outlived its task; the final save is newer
             self.store.write_bytes(statuses)
-            write_atomic(self.store.status_dir / DAEMON_FILENAME, summary)
+            write_atomic(self.store.status_dir / DAEMON_FILENAME, summary, self.store.mode or 0o644)
             self._written = snapshot
 
     def save_sync(self) -> None:

@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from healthd import __version__
-from healthd.config.sinks import SinkSettings, public_url
+from healthd.config.sinks import SinkSettings, public_url, redact
 from healthd.logs import Logger
 from healthd.model import Event, EventType
 from healthd.sinks import DeliveryError, FiringSource
@@ -118,10 +118,13 @@ class AlertmanagerSink:
                     await self.resend()
             except TimeoutError:
                 self.log.warning("alertmanager_resend_failed", error="no answer in time")
-            except DeliveryError as exc:
-                self.log.warning("alertmanager_resend_failed", error=str(exc))
+            except DeliveryError as exc:  # may quote what the receiver echoed: its secrets
+                self.log.warning(
+                    "alertmanager_resend_failed", error=redact(str(exc), self.settings)
+                )
             except Exception as exc:  # a bug here must not end the re-posting for good
-                self.log.warning("alertmanager_resend_failed", error=f"{type(exc).__name__}: {exc}")
+                error = redact(f"{type(exc).__name__}: {exc}", self.settings)
+                self.log.warning("alertmanager_resend_failed", error=error)
 
     async def close(self) -> None:
         client, self._client = self._client, None

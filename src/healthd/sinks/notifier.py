@@ -21,6 +21,7 @@ from healthd.model import Event, EventType, State, WorkloadStatus
 from healthd.sinks import Sink, make_sink
 from healthd.sinks.dispatch import Dispatcher
 from healthd.store.journal import FILENAME, Journal, JournalError, Route
+from healthd.store.state_files import OPEN_TO_LOCAL_USERS
 
 PRUNE_EVERY = 600.0
 PRUNE_CHECK = 10.0
@@ -223,9 +224,12 @@ class Notifier:
                 self.log.info("event_journal_pruned", events=gone)
 
 
-def build_notifier(daemon_file: DaemonFile, status_dir: Path, log: Logger) -> Notifier:
-    """The journal in ``status_dir`` and a sink for each of the daemon config's ``sinks``."""
-    journal = Journal(status_dir / FILENAME, host=socket.gethostname(), log=log)
+def build_notifier(
+    daemon_file: DaemonFile, status_dir: Path, log: Logger, *, mode: int = OPEN_TO_LOCAL_USERS
+) -> Notifier:
+    """The journal in ``status_dir`` and a sink for each of the daemon config's ``sinks``;
+    ``mode``: events.db's (see store/state_files.py)."""
+    journal = Journal(status_dir / FILENAME, host=socket.gethostname(), log=log, mode=mode)
     notifier = Notifier(journal, daemon_file.events, log)
     for settings in daemon_file.sinks:
         notifier.add_sink(make_sink(settings, log, notifier))

@@ -15,6 +15,7 @@ from healthd.logs import Logger
 from healthd.model import Event
 from healthd.store.health import WriteHealth
 from healthd.store.journal_schema import FILENAME, JournalError, Route
+from healthd.store.state_files import OPEN_TO_LOCAL_USERS
 
 RETRY_INTERVAL = 1.0  # after a failed commit; a failing commit costs next to nothing
 # Events held in memory while the disk refuses them, at most: a disk full for days under a
@@ -26,8 +27,11 @@ T = TypeVar("T")
 class JournalBase:
     """The state of a journal; the methods that use it are in the classes built on it."""
 
-    def __init__(self, path: Path, *, host: str, log: Logger | None = None) -> None:
+    def __init__(
+        self, path: Path, *, host: str, log: Logger | None = None, mode: int = OPEN_TO_LOCAL_USERS
+    ) -> None:
         self.path = path
+        self.mode = mode  # of events.db and its side files (store/state_files.py)
         self.host = host
         self.log = log
         self.routes: list[Route] = []

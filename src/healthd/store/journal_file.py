@@ -10,6 +10,7 @@ log that is not one is moved aside here: SQLite would silently ignore it.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import time
 import urllib.parse
@@ -19,6 +20,7 @@ from healthd.store.journal_base import JournalBase
 from healthd.store.journal_schema import FILENAME, SCHEMA, SCHEMA_VERSION, JournalError
 from healthd.store.memory import copy_rows, last_ids_on_disk, seed_delivery_ids
 from healthd.store.salvage import salvage
+from healthd.store.state_files import SQLITE_SIDE_SUFFIXES, open_state_file, set_mode
 
 # The first four bytes of a write-ahead log, big- or little-endian checksums (sqlite.org/walformat)
 _WAL_MAGIC = (b"\x37\x7f\x06\x82", b"\x37\x7f\x06\x83")
@@ -48,8 +50,7 @@ class JournalFile(JournalBase):
         is kept in memory (``in_memory``), loudly, and the file is left as it is."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._check_wal()
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db = self._connect()
             last = self._prepare(db, writable=True)
         except (OSError, _Unwritable) as exc:
             self._open_in_memory(exc.__cause__ or exc)
@@ -66,6 +67,35 @@ class JournalFile(JournalBase):
         self._next_id = last + 1
         self.committed_id = last
 
+    def _connect(self) -> sqlite3.Connection:
+        """Connect to events.db as it is in the status dir, never through a link: a link
+        planted under its name or a side file's is removed first (logged), the file is created
+        here with the journal's mode (an existing one gets that mode), and what SQLite opened
+        is checked to be that file (a link planted in between is refused: JournalError)."""
+        expected = os.path.join(os.path.realpath(self.path.parent), FILENAME)
+        for suffix in SQLITE_SIDE_SUFFIXES:
+            set_mode(self.path.with_name(FILENAME + suffix), self.mode, self.log)
+        self._check_wal()
+        fd = open_state_file(self.path, self.mode, self.log, create=True)
+        assert fd is not None  # created if missing
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                # SQLite names the file it opened with every link resolved
+                opened = db.execute("PRAGMA database_list").fetchone()[2]
+                same = opened == expected and os.path.samestat(os.fstat(fd), os.stat(opened))
+            except (sqlite3.Error, OSError):
+                db.close()
+                raise
+        finally:
+            os.close(fd)
+        if not same:
+            db.close()
+            raise JournalError(
+                f"{self.path}: replaced while being opened (SQLite opened {opened}); not used"
+            )
+        return db
+
     def open_readonly(self) -> None:
         """Open an existing events.db for reading only (``healthd events``): never created,
         never written (SQLite may add the -wal and -shm files beside it, as for any reader of
@@ -73,6 +103,9 @@ class JournalFile(JournalBase):
         Raises FileNotFoundError when there is none, JournalError when it is unusable."""
         if not self.path.is_file():
             raise FileNotFoundError(self.path)
+        for name in (FILENAME, *(FILENAME + s for s in SQLITE_SIDE_SUFFIXES)):
+            if self.path.with_name(name).is_symlink():  # only the daemon removes it
+                raise JournalError(f"{self.path.with_name(name)}: a symbolic link; not followed")
         uri = f"file:{urllib.parse.quote(str(self.path.absolute()))}?mode=ro"
         try:
             db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
@@ -134,8 +167,7 @@ class JournalFile(JournalBase):
     def _move_to_disk(self) -> bool:
         """Open events.db and move the journal in memory into it; False while it will not."""
         try:
-            self._check_wal()
-            disk = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            disk = self._connect()
             self._prepare(disk, writable=True)
         except (OSError, sqlite3.Error, _Unwritable, JournalError) as exc:
             self.health.failed(exc)  # logged if the reason changed (a damaged file, say)

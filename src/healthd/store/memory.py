@@ -9,7 +9,9 @@ move settles the right row.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
+import stat
 import urllib.parse
 from pathlib import Path
 
@@ -21,6 +23,9 @@ DELIVERY_ID_GAP = 1 << 32  # above any delivery id the file may hold that could 
 def last_ids_on_disk(path: Path) -> tuple[int, int]:
     """(last event id, last delivery id) in ``path``, read without writing anything; with
     its write-ahead log if SQLite can, else as last checkpointed; (0, 0) when unreadable."""
+    with contextlib.suppress(OSError):
+        if not stat.S_ISREG(os.lstat(path).st_mode):  # a link, a FIFO: nothing of ours
+            return 0, 0
     quoted = urllib.parse.quote(str(path.absolute()))
     for options in ("mode=ro", "immutable=1"):
         try:

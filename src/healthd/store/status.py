@@ -11,6 +11,8 @@ entry per line, so every whole line of a file cut short is kept) rather than not
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -18,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from healthd.errors import StatusFileError
+from healthd.logs import Logger
 from healthd.model import State, WorkloadStatus
 from healthd.store.atomic import write_atomic
+from healthd.store.state_files import OPEN_TO_LOCAL_USERS, open_state_file
 
 FILENAME = "statuses.json"
 GO_ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -257,31 +261,47 @@ def salvage(data: bytes) -> dict[str, WorkloadStatus]:
 
 
 class StatusStore:
-    """statuses.json in ``status_dir``."""
+    """statuses.json in ``status_dir``, with ``mode`` (the daemon's: see store/state_files.py;
+    None, for the CLI's offline edits: the mode the file has, else 0644)."""
 
-    def __init__(self, status_dir: Path) -> None:
+    def __init__(
+        self, status_dir: Path, mode: int | None = None, log: Logger | None = None
+    ) -> None:
         self.status_dir = status_dir
         self.path = status_dir / FILENAME
+        self.mode = mode
+        self.log = log
+        self._found_mode: int | None = None
 
     def read(self) -> dict[str, WorkloadStatus]:
-        """Saved statuses; {} when there is no file. Raises StatusFileError when unreadable."""
+        """Saved statuses; {} when there is no file. Raises StatusFileError when unreadable.
+        Never read through a link (one there is removed, logged); given ``mode``."""
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
+            data = self._read()
         except OSError as exc:
             raise StatusFileError(f"{self.path}: {exc.strerror or exc}") from None
+        if data is None:
+            return {}
         try:
             return decode(data)
         except StatusFileError as exc:
             raise StatusFileError(f"{self.path}: {exc}") from None
 
+    def _read(self) -> bytes | None:
+        fd = open_state_file(self.path, self.mode, self.log, create=False)
+        if fd is None:
+            return None
+        with os.fdopen(fd, "rb") as fh:
+            self._found_mode = stat.S_IMODE(os.fstat(fh.fileno()).st_mode)
+            return fh.read()
+
     def salvage(self) -> dict[str, WorkloadStatus]:
         """What can be kept of an unusable statuses.json (see ``salvage``); {} if unreadable."""
         try:
-            return salvage(self.path.read_bytes())
+            data = self._read()
         except OSError:
             return {}
+        return salvage(data) if data is not None else {}
 
     def quarantine(self) -> Path:
         """Move an unusable statuses.json aside, keeping it for a human to look at."""
@@ -295,4 +315,4 @@ class StatusStore:
 
     def write_bytes(self, data: bytes) -> None:
         self.status_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, data)
+        write_atomic(self.path, data, self.mode or self._found_mode or OPEN_TO_LOCAL_USERS)
