@@ -73,16 +73,6 @@ def _from_monotonic(daemon: Daemon, when: float | None) -> str | None:
     return format_time(datetime.fromtimestamp(time.time() + max(0.0, wait), UTC))
 
 
-def all_statuses(daemon: Daemon) -> dict[str, Any]:
-    entries = [status_entry(daemon, daemon.statuses[n]) for n in sorted(daemon.statuses)]
-    return {
-        "counts": _counts(entries),
-        "workloads": entries,
-        "storage": storage(daemon),
-        "daemon": about(daemon),
-    }
-
-
 def _counts(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for entry in entries:
@@ -117,7 +107,8 @@ async def encode_list(
 
 
 async def encode_all_statuses(daemon: Daemon) -> bytes:
-    """``all_statuses`` encoded, without holding the loop for the whole list."""
+    """GET /v1/status: ``counts`` per state, every workload's ``status_entry``, ``storage``
+    and ``daemon`` (``about``), encoded without holding the loop for the whole list."""
 
     def entry(name: str) -> dict[str, Any] | None:
         status = daemon.statuses.get(name)
@@ -200,13 +191,6 @@ def problem_json(problem: Problem) -> dict[str, Any]:
     }
 
 
-def workloads(daemon: Daemon) -> dict[str, Any]:
-    return {
-        "workloads": [workload_entry(daemon.configs[n]) for n in sorted(daemon.configs)],
-        "config_errors": [problem_json(p) for p in daemon.loaded.problems],
-    }
-
-
 def workload_entry(config: WorkloadConfig) -> dict[str, Any]:
     cfg = config.with_defaults()
     entry = cfg.to_yaml_mapping()
@@ -223,7 +207,8 @@ def workload_entry(config: WorkloadConfig) -> dict[str, Any]:
 
 
 async def encode_workloads(daemon: Daemon) -> bytes:
-    """``workloads`` encoded, without holding the loop for the whole list."""
+    """GET /v1/workloads: every ``workload_entry`` and the ``config_errors``, encoded without
+    holding the loop for the whole list."""
 
     def entry(name: str) -> dict[str, Any] | None:
         cfg = daemon.configs.get(name)
