@@ -125,6 +125,29 @@ async def test_an_answer_is_built_once_for_concurrent_requests_and_kept_while_fr
     assert answer.builds == 3
 
 
+async def test_a_request_after_a_change_never_gets_a_build_begun_before_it() -> None:
+    version = [0]
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def build() -> bytes:
+        seen = version[0]
+        started.set()
+        await release.wait()
+        return f"v{seen}".encode()
+
+    answer = CachedAnswer(build, lambda: version[0])
+    early = asyncio.create_task(answer.get())
+    await started.wait()
+    version[0] = 1  # a workload turned unhealthy while the list was being read
+    late = asyncio.create_task(answer.get())
+    await asyncio.sleep(0)
+    release.set()
+    assert await early == b"v0"  # asked before the change: the build it joined is its answer
+    assert await late == b"v1"  # asked after: built again
+    assert answer.builds == 2
+
+
 async def test_an_answer_slow_to_build_is_kept_longer() -> None:
     clock = Clock()
 

@@ -149,9 +149,9 @@ class Api:
                 [("Retry-After", str(turn.retry_after))],
             )
 
-    def _version(self) -> tuple[int, int]:
-        """What kept answers depend on besides time (see answers.py)."""
-        return self.daemon.generation, self.changes_made
+    def _version(self) -> int:
+        """What kept answers depend on besides time (see answers.py): both counts only grow."""
+        return self.daemon.generation + self.changes_made
 
     # -- reading --------------------------------------------------------------------------
 
