@@ -99,6 +99,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep_alive: true in every workload file: one connection kept between checks "
         "instead of a new one per check (http and https only)",
     )
+    p.add_argument(
+        "--flood",
+        type=_positive_int,
+        default=0,
+        metavar="M",
+        help="after the window, measure scheduler lag for another window without and one with "
+        "M connections pipelining GETs to healthd's API (a client at nice 19)",
+    )
+    p.add_argument(
+        "--flood-depth",
+        type=_positive_int,
+        default=16,
+        metavar="D",
+        help="requests each flood connection keeps outstanding (default: 16)",
+    )
+    p.add_argument(
+        "--flood-path",
+        default="/v1/status",
+        metavar="PATH",
+        help="what the flood asks for (default: /v1/status)",
+    )
     p.add_argument("--json", action="store_true", help="JSON on stdout (the table goes to stderr)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directories")
     return p
@@ -144,7 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=args.target,
         keep_alive=args.keep_alive,
         keep=args.keep,
+        flood=args.flood,
+        flood_depth=args.flood_depth,
+        flood_path=args.flood_path,
     )
+    if not opts.flood_path.startswith("/") or any(c.isspace() for c in opts.flood_path):
+        print(
+            f"bench: --flood-path {opts.flood_path!r}: a path such as /v1/status", file=sys.stderr
+        )
+        return 2
     no_connection = [k for k in kinds if k not in HTTP_KINDS]
     if opts.keep_alive and no_connection:
         print(

@@ -118,7 +118,7 @@ class LagQuantiles:
     note: str = ""
 
 
-def _lag_buckets(snapshot: Mapping[str, Any] | None) -> list[Bucket] | None:
+def lag_buckets(snapshot: Mapping[str, Any] | None) -> list[Bucket] | None:
     if snapshot is None:
         return None
     scheduler = snapshot.get("scheduler")
@@ -129,7 +129,7 @@ def _lag_buckets(snapshot: Mapping[str, Any] | None) -> list[Bucket] | None:
 
 def window_lag(start: Mapping[str, Any] | None, end: Mapping[str, Any] | None) -> LagQuantiles:
     """p50/p99 scheduler lag between two ``daemon.json`` snapshots."""
-    first, last = _lag_buckets(start), _lag_buckets(end)
+    first, last = lag_buckets(start), lag_buckets(end)
     if last is None:
         return LagQuantiles(None, None, 0, "daemon.json has no scheduler lag histogram")
     if first is None:

@@ -87,11 +87,15 @@ class EventTally:
     check_fails: int = 0  # check_fail of measured (non-sentinel) workloads: false failures
     unhealthy: int = 0  # unhealthy of measured workloads
     sentinel_fails_before_break: int = 0
+    scheduler_behind: int = 0  # lines: the daemon's lag p99 went over its warning level
     detected: dict[str, datetime] = field(default_factory=dict)  # first unhealthy after break
     detected_without_time: set[str] = field(default_factory=set)
 
     def feed(self, events: Iterable[LogEvent], *, after_break: bool) -> None:
         for e in events:
+            if e.event == "scheduler_behind":
+                self.scheduler_behind += 1
+                continue
             sentinel = e.workload in self.sentinels
             if e.event == "check_fail":
                 if not sentinel:

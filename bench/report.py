@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from bench.flood import LATE, FloodResult, LagWindow
 from bench.runner import KindResult, Options
 from bench.timewait import HostTcpLimits, TimeWaitCount, TimeWaitSummary
 from healthd.durations import format_seconds
@@ -51,7 +52,9 @@ def header(opts: Options, environment: str) -> str:
         f"healthd bench: N={opts.n} interval={format_seconds(opts.interval)} "
         f"timeout={format_seconds(opts.timeout)} retries={opts.retries} "
         f"keep_alive={'true' if opts.keep_alive else 'false'} "
-        f"warm-up={opts.warmup:g}s window={opts.window:g}s ({environment})"
+        f"warm-up={opts.warmup:g}s window={opts.window:g}s"
+        + (f" flood={opts.flood}x{opts.flood_depth} GET {opts.flood_path}" if opts.flood else "")
+        + f" ({environment})"
     )
 
 
@@ -93,8 +96,40 @@ def details(results: Sequence[KindResult]) -> str:
                 f"{r.kind}: TLS handshakes at the target over the run: {r.tls.handshakes}, "
                 f"of which resumed {r.tls.resumed} ({versions or 'none'})"
             )
+        if r.flood is not None:
+            lines += flood_lines(r.kind, r.flood)
         lines += [f"{r.kind}: note: {note}" for note in r.notes]
     return "\n".join(lines)
+
+
+def _lag(w: LagWindow) -> str:
+    top = "n/a (over 60 s)" if w.max_ms is None else f"<= {w.max_ms:g}"
+    return (
+        f"p50 {fmt(w.p50_ms)} ms, p99 {fmt(w.p99_ms)} ms, max {top} ms; "
+        f"{w.late_checks} of {w.checks} checks more than {LATE:g}s late; "
+        f"scheduler_behind {w.behind_lines}; daemon CPU {w.cpu_cores * 100:.1f}% of a core "
+        f"({w.seconds:.1f}s)"
+    )
+
+
+def flood_lines(kind: str, f: FloodResult) -> list[str]:
+    """The flood's lines: lag in the quiet and the flooded window, their ratio, and what the
+    flood got."""
+    answers = ", ".join(f"{n} x {status}" for status, n in sorted(f.answers.items()))
+    ratio = fmt(f.p99_ratio, ".2f")
+    goal = (
+        ""
+        if f.p99_ratio is None
+        else (" (goal <= 2: met)" if f.p99_ratio <= 2 else " (goal <= 2: NOT met)")
+    )
+    return [
+        f"{kind}: lag, quiet:   {_lag(f.quiet)}",
+        f"{kind}: lag, flooded: {_lag(f.flooded)}",
+        f"{kind}: flood: {f.connections} connections x {f.depth} pipelined GET {f.path}; "
+        f"p99 flooded/quiet {ratio}{goal}; answers {answers or 'none'} "
+        f"({f.answers_per_s:.1f}/s, {f.bytes_per_s / 1e6:.1f} MB/s); "
+        f"connection errors {f.client_errors}",
+    ]
 
 
 def render_text(opts: Options, environment: str, results: Sequence[KindResult]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shlex
@@ -20,7 +19,10 @@ from typing import Any
 
 from bench.certs import make_certificates
 from bench.cleanup import Resources
+from bench.daemon_json import read_daemon_json
 from bench.errors import BenchError
+from bench.flood import FloodResult, FloodSettings
+from bench.flood import measure as measure_flood
 from bench.histogram import window_lag
 from bench.logscan import EventTally, LogFollower, parse_time
 from bench.proc import CpuSample, cpu_sample, peak_rss_mb, sleep_until, spawn, stop_group
@@ -52,6 +54,9 @@ class Options:
     target: str = "auto"  # auto | nginx | builtin
     keep_alive: bool = False  # keep_alive: true in every workload file (http, https)
     keep: bool = False
+    flood: int = 0  # connections of the API flood after the window (0: none); see flood.py
+    flood_depth: int = 16
+    flood_path: str = "/v1/status"
 
     @property
     def detection_bound(self) -> float:
@@ -93,6 +98,7 @@ class KindResult:
     daemon_exit: int | None
     time_wait: TimeWaitSummary | None = None  # sampled over the window; None for exec
     tls: TlsStats | None = None  # handshakes at the target over the run (https)
+    flood: FloodResult | None = None  # with --flood: lag without and with the API flooded
     workdir: str | None = None  # kept with --keep
     notes: list[str] = field(default_factory=list)
 
@@ -153,15 +159,6 @@ class DaemonProcess:
         if self.proc is not None and self.exit_code is None:
             self.exit_code = stop_group(self.proc, signal.SIGTERM, STOP_GRACE)
         return self.exit_code
-
-
-def read_daemon_json(status_dir: Path) -> dict[str, Any] | None:
-    """``STATUS_DIR/daemon.json``, or None when it is absent or unreadable (half-written)."""
-    try:
-        data = json.loads((status_dir / "daemon.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -259,6 +256,18 @@ def run_kind(
         if time_wait is not None:
             time_wait.sample()
         rss = peak_rss_mb(daemon.pid)
+        flood = None
+        if opts.flood:
+            flood = measure_flood(
+                FloodSettings(opts.flood, opts.flood_depth, opts.flood_path),
+                window=opts.window,
+                pid=daemon.pid,
+                status_dir=status_dir,
+                workdir=workdir,
+                behind_lines=lambda: tally.scheduler_behind,
+                watch=watch,
+                say=say,
+            )
 
         watch()
         sentinel.break_()
@@ -342,6 +351,7 @@ def run_kind(
         daemon_exit=exit_code,
         time_wait=tw,
         tls=tls_stats,
+        flood=flood,
         workdir=str(workdir) if opts.keep else None,
         notes=notes,
     )

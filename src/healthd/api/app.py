@@ -3,6 +3,11 @@
 Every answer is JSON (but /metrics and the event stream), every error a JSON
 ``{"error": {...}}`` with the status that says what went wrong; nothing a client sends can
 raise into the daemon.
+
+Monitoring comes first: every request lets the loop run once before it is answered (so that a
+connection with many pipelined requests cannot hold the loop from the checks for all of them);
+the reads whose cost grows with the number of workloads (``EXPENSIVE``) spend their client's
+budget (``read_budget.py``), and the biggest are kept and served again (``answers.py``).
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from healthd.api import params, ui, views
+from healthd.api.answers import CachedAnswer
 from healthd.api.auth import OPEN_PATHS, Authorizer
 from healthd.api.messages import HttpError, Request, Response, json_response
 from healthd.api.openapi import document as openapi_document
+from healthd.api.read_budget import ReadBudget, peer_key
 from healthd.api.stream import KEEPALIVE, EventStream
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import HISTORY_SIZE
@@ -40,6 +47,11 @@ CHECK_GRACE = 30.0
 EVENTS_LIMIT, EVENTS_MAX = 100, 1000
 HISTORIES_MAX = 200  # workloads in one GET /v1/history: a page's visible rows, and then some
 T = TypeVar("T")
+# The reads whose cost grows with the workloads or the journal: each spends the client's
+# budget of expensive reads. (One workload's status or history costs what a /healthz does.)
+EXPENSIVE = frozenset(
+    {"/v1/status", "/v1/workloads", "/metrics", "/v1/history", "/v1/events", "/v1/sinks"}
+)
 
 
 @dataclass(frozen=True)
@@ -51,10 +63,25 @@ class _Path:
 class Api:
     """The request handler given to ``HttpServer``."""
 
-    def __init__(self, daemon: Daemon, authorizer: Authorizer) -> None:
+    def __init__(
+        self, daemon: Daemon, authorizer: Authorizer, budget: ReadBudget | None = None
+    ) -> None:
         self.daemon = daemon
         self.authorizer = authorizer
+        self.budget = budget or ReadBudget()
         self.stream_keepalive = KEEPALIVE
+        # Changes made through the API that show in kept answers at once (a check run now
+        # changes counters but no state, so the daemon's generation does not move for it).
+        self.changes_made = 0
+        self.status_answer = CachedAnswer(lambda: views.encode_all_statuses(daemon), self._version)
+        self.workloads_answer = CachedAnswer(lambda: views.encode_workloads(daemon), self._version)
+        self.metrics_answers = {
+            openmetrics: CachedAnswer(
+                functools.partial(self._render_metrics, openmetrics), self._version
+            )
+            for openmetrics in (False, True)
+        }
+        self.openapi_body = b""  # encoded at the first request
         # Events committed since the start, by type, for healthd_events_total.
         self.committed_types: Counter[str] = Counter()
         if daemon.notifier is not None:
@@ -98,8 +125,33 @@ class Api:
             self.authorizer.check(request)
             if not self.daemon.started.is_set() and request.path not in OPEN_PATHS:
                 raise HttpError(503, "healthd is starting; try again in a moment")
-            return await route(request, match.groupdict().get("w") or "")
+            # The checks due meanwhile first: a connection's pipelined requests are answered
+            # one loop iteration apart, not all in one go.
+            await asyncio.sleep(0)
+            if request.path in EXPENSIVE:
+                await self._wait_turn(request)
+            try:
+                return await route(request, match.groupdict().get("w") or "")
+            finally:
+                if request.method == "POST":  # what it changed shows in the next answers
+                    self.changes_made += 1
         raise HttpError(404, f"no such endpoint {request.path!r}; see GET /v1/openapi.json")
+
+    async def _wait_turn(self, request: Request) -> None:
+        turn = self.budget.turn(peer_key(request.peer))
+        if turn.wait > 0:
+            await asyncio.sleep(turn.wait)
+        if turn.refused:
+            raise HttpError(
+                429,
+                "too many expensive reads (whole status, configs, metrics, history, events, "
+                f"sinks) from this client; try again in {turn.retry_after} s",
+                [("Retry-After", str(turn.retry_after))],
+            )
+
+    def _version(self) -> int:
+        """What kept answers depend on besides time (see answers.py): both counts only grow."""
+        return self.daemon.generation + self.changes_made
 
     # -- reading --------------------------------------------------------------------------
 
@@ -134,6 +186,13 @@ class Api:
     async def metrics(self, request: Request, _: str) -> Response:
         from healthd.api import metrics  # noqa: PLC0415  (loaded at the first scrape only)
 
+        openmetrics = metrics.wants_openmetrics(request.headers.get("accept", ""))
+        body = await self.metrics_answers[openmetrics].get()
+        return Response(200, body, metrics.content_type(openmetrics))
+
+    async def _render_metrics(self, openmetrics: bool) -> bytes:
+        from healthd.api import metrics  # noqa: PLC0415  (loaded at the first scrape only)
+
         pending = None
         notifier = self.daemon.notifier
         if notifier is not None:
@@ -141,14 +200,15 @@ class Api:
             with contextlib.suppress(HttpError):
                 pending = await self._read(notifier, notifier.journal.pending_counts)
         snap = metrics.snapshot(self.daemon, pending, self.committed_types)
-        body, content_type = await metrics.render(snap, request.headers.get("accept", ""))
-        return Response(200, body, content_type)
+        return await metrics.render(snap, openmetrics)
 
     async def openapi(self, request: Request, _: str) -> Response:
-        return json_response(200, openapi_document())
+        if not self.openapi_body:  # the same document for the daemon's life
+            self.openapi_body = json_response(200, openapi_document()).body
+        return Response(200, self.openapi_body)
 
     async def status_all(self, request: Request, _: str) -> Response:
-        return json_response(200, views.all_statuses(self.daemon))
+        return Response(200, await self.status_answer.get())
 
     async def status_one(self, request: Request, name: str) -> Response:
         status = self.daemon.statuses.get(name)
@@ -157,7 +217,7 @@ class Api:
         return json_response(200, views.status_entry(self.daemon, status))
 
     async def workloads(self, request: Request, _: str) -> Response:
-        return json_response(200, views.workloads(self.daemon))
+        return Response(200, await self.workloads_answer.get())
 
     async def history(self, request: Request, name: str) -> Response:
         if name not in self.daemon.statuses:

@@ -27,7 +27,15 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(code): _json("Error", _ERROR_TEXT[code]) for code in codes}
+    return {str(code): _error(code) for code in codes}
+
+
+def _error(code: int) -> dict[str, Any]:
+    answer = _json("Error", _ERROR_TEXT[code])
+    if code == 429:
+        seconds = {"type": "integer", "minimum": 1}
+        answer["headers"] = {"Retry-After": {"schema": seconds, "description": "seconds"}}
+    return answer
 
 
 _ERROR_TEXT = {
@@ -37,6 +45,8 @@ _ERROR_TEXT = {
     404: "no such workload",
     409: "the workload is configured but not monitored (disabled, or its file is broken)",
     413: "the request body is too large",
+    429: "too many expensive reads from this client (it waited a second for its turn); "
+    "Retry-After says when to come back",
     503: "healthd is starting or stopping (or keeps no event journal, or cannot read it now)",
     504: "no check result in time",
 }
@@ -193,13 +203,14 @@ def document() -> dict[str, Any]:
             "description": "Status, control and metrics of a running healthd daemon.",
         },
         "paths": {
-            "/v1/status": _get("Every workload's status", "StatusList"),
+            "/v1/status": _get("Every workload's status", "StatusList", 429),
             "/v1/status/{workload}": {**workload, **_get("One workload's status", "Status", 404)},
-            "/v1/workloads": _get("Effective configs and config errors", "WorkloadList"),
+            "/v1/workloads": _get("Effective configs and config errors", "WorkloadList", 429),
             "/v1/history": _get(
                 "Several workloads' last check results at once",
                 "Histories",
                 400,
+                429,
                 parameters=[
                     _query(
                         "workload",
@@ -247,6 +258,7 @@ def document() -> dict[str, Any]:
                 "Events from the journal, oldest first",
                 "EventList",
                 400,
+                429,
                 parameters=_EVENTS_PARAMS,
             ),
             "/v1/events/stream": {
@@ -264,7 +276,7 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/v1/sinks": _get("Where events are delivered, and how that goes", "SinkList"),
+            "/v1/sinks": _get("Where events are delivered, and how that goes", "SinkList", 429),
             "/healthz": {
                 "get": {
                     "summary": "The daemon itself: alive and on time",
@@ -287,7 +299,7 @@ def document() -> dict[str, Any]:
                                 "application/openmetrics-text": {"schema": {"type": "string"}},
                             },
                         },
-                        **_errors(401, 503),
+                        **_errors(401, 429, 503),
                     },
                 }
             },

@@ -1,5 +1,5 @@
 """The ``Workload`` schema of the OpenAPI document: a workload's effective config as GET
-/v1/workloads answers it (``views.workloads``): the file's keys as they are written in YAML
+/v1/workloads answers it (``views.workload_entry``): the file's keys as they are written in YAML
 (``WorkloadConfig.to_yaml_mapping``, each optional key only when set), check-kind defaults
 filled in, secrets left out (``env`` and ``headers`` give names only), then a few of the
 daemon's own (``*_seconds``, ``checks``).

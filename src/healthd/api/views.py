@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from healthd import __version__
 from healthd.checks import KINDS
 from healthd.config.sinks import public_url, redact
+from healthd.config.workload import WorkloadConfig
 from healthd.engine.daemon import Daemon
 from healthd.engine.history import Recorded
 from healthd.engine.reload import ReloadReport
@@ -28,6 +30,9 @@ if TYPE_CHECKING:
 # The daemon is "stalled" when the earliest check is this late and its timer still has not
 # fired: the loop runs (it answered) but the scheduler does not.
 STALL_SECONDS = 5.0
+# Workloads read and encoded between two yields to the loop when a whole list is built: about
+# a millisecond of work, so that checks due meanwhile start on time.
+SLICE = 100
 
 
 def status_entry(daemon: Daemon, status: WorkloadStatus) -> dict[str, Any]:
@@ -68,17 +73,57 @@ def _from_monotonic(daemon: Daemon, when: float | None) -> str | None:
     return format_time(datetime.fromtimestamp(time.time() + max(0.0, wait), UTC))
 
 
-def all_statuses(daemon: Daemon) -> dict[str, Any]:
-    entries = [status_entry(daemon, daemon.statuses[n]) for n in sorted(daemon.statuses)]
+def _counts(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for entry in entries:
         counts[entry["state"]] = counts.get(entry["state"], 0) + 1
-    return {
-        "counts": counts,
-        "workloads": entries,
-        "storage": storage(daemon),
-        "daemon": about(daemon),
-    }
+    return counts
+
+
+_dumps = functools.partial(json.dumps, ensure_ascii=False)
+
+
+def encode_object(fields: list[tuple[str, str]]) -> bytes:
+    """``{"key": value, ...}`` and a newline from values already encoded: the very bytes
+    ``json_response`` gives for the same object (compact, key order kept)."""
+    inner = ", ".join(f"{_dumps(key)}: {value}" for key, value in fields)
+    return ("{" + inner + "}\n").encode()
+
+
+async def encode_list(
+    names: list[str], entry: Callable[[str], dict[str, Any] | None], seen: list[dict[str, Any]]
+) -> str:
+    """The JSON list of ``entry(name)`` for each name (None: left out, gone meanwhile), built
+    and encoded ``SLICE`` at a time with the loop free in between. Each entry is read at
+    once; entries may be some milliseconds apart. The entries go into ``seen`` too."""
+    parts = []
+    for start in range(0, len(names), SLICE):
+        chunk = [e for n in names[start : start + SLICE] if (e := entry(n)) is not None]
+        if chunk:
+            parts.append(_dumps(chunk)[1:-1])
+            seen.extend(chunk)
+        await asyncio.sleep(0)
+    return "[" + ", ".join(parts) + "]"
+
+
+async def encode_all_statuses(daemon: Daemon) -> bytes:
+    """GET /v1/status: ``counts`` per state, every workload's ``status_entry``, ``storage``
+    and ``daemon`` (``about``), encoded without holding the loop for the whole list."""
+
+    def entry(name: str) -> dict[str, Any] | None:
+        status = daemon.statuses.get(name)
+        return status_entry(daemon, status) if status is not None else None
+
+    entries: list[dict[str, Any]] = []
+    listed = await encode_list(sorted(daemon.statuses), entry, entries)
+    return encode_object(
+        [
+            ("counts", _dumps(_counts(entries))),
+            ("workloads", listed),
+            ("storage", _dumps(storage(daemon))),
+            ("daemon", _dumps(about(daemon))),
+        ]
+    )
 
 
 @functools.cache
@@ -146,25 +191,32 @@ def problem_json(problem: Problem) -> dict[str, Any]:
     }
 
 
-def workloads(daemon: Daemon) -> dict[str, Any]:
-    configs = []
-    for name in sorted(daemon.configs):
-        cfg = daemon.configs[name].with_defaults()
-        entry = cfg.to_yaml_mapping()
-        if cfg.env is not None:  # names only: a value may be a password (PGPASSWORD)
-            entry["env"] = [name for name, _ in cfg.env]
-        if cfg.headers is not None:  # names only: a value may be a token (Authorization)
-            entry["headers"] = [name for name, _ in cfg.headers]
-        entry["interval_seconds"] = cfg.interval
-        entry["timeout_seconds"] = cfg.timeout
-        entry["restart_delay_seconds"] = cfg.restart_delay
-        # Like `healthd list`: without a host the address is looked up when checked.
-        entry["checks"] = KINDS[cfg.type].describe(cfg, cfg.host or "(machinectl)")
-        configs.append(entry)
-    return {
-        "workloads": configs,
-        "config_errors": [problem_json(p) for p in daemon.loaded.problems],
-    }
+def workload_entry(config: WorkloadConfig) -> dict[str, Any]:
+    cfg = config.with_defaults()
+    entry = cfg.to_yaml_mapping()
+    if cfg.env is not None:  # names only: a value may be a password (PGPASSWORD)
+        entry["env"] = [name for name, _ in cfg.env]
+    if cfg.headers is not None:  # names only: a value may be a token (Authorization)
+        entry["headers"] = [name for name, _ in cfg.headers]
+    entry["interval_seconds"] = cfg.interval
+    entry["timeout_seconds"] = cfg.timeout
+    entry["restart_delay_seconds"] = cfg.restart_delay
+    # Like `healthd list`: without a host the address is looked up when checked.
+    entry["checks"] = KINDS[cfg.type].describe(cfg, cfg.host or "(machinectl)")
+    return entry
+
+
+async def encode_workloads(daemon: Daemon) -> bytes:
+    """GET /v1/workloads: every ``workload_entry`` and the ``config_errors``, encoded without
+    holding the loop for the whole list."""
+
+    def entry(name: str) -> dict[str, Any] | None:
+        cfg = daemon.configs.get(name)
+        return workload_entry(cfg) if cfg is not None else None
+
+    listed = await encode_list(sorted(daemon.configs), entry, [])
+    problems = [problem_json(p) for p in daemon.loaded.problems]
+    return encode_object([("workloads", listed), ("config_errors", _dumps(problems))])
 
 
 def recorded_json(item: Recorded) -> dict[str, Any]:

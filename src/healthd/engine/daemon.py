@@ -114,6 +114,9 @@ class Daemon:
         )
         self._background: set[asyncio.Task[object]] = set()
         self.api_endpoints: dict[str, str] = {}  # where the API listens, for the CLI
+        # Bumped by every change an API answer must show at once (a state change, a restart,
+        # pause, resume, reset, a reload): answers the API keeps for a while are rebuilt then.
+        self.generation = 0
         self.watcher: ConfigWatcher | None = None
 
     @property
@@ -341,9 +344,12 @@ class Daemon:
     # -- status persistence ---------------------------------------------------------------
 
     def _changed(self, workload: str, urgent: bool) -> None:
+        if urgent:
+            self.generation += 1
         self.writer.changed(workload, urgent)
 
     def _save_soon(self) -> None:
+        self.generation += 1  # a reload: workloads added, changed or removed
         self.writer.save_soon()
 
     def summary(self) -> dict[str, object]:
