@@ -290,11 +290,16 @@ class Connection(asyncio.Protocol):
             self.worker = None
             self._after_answers()
 
-    async def _writable(self) -> bool:
+    async def _writable(self, deadline: bool = True) -> bool:
         """Wait while the client does not take its answers; after ``idle_timeout`` of that,
-        give up on it (False): it would hold a connection and its answers for ever."""
+        give up on it (False): it would hold a connection and its answers for ever. Without
+        ``deadline`` (a stream, whose StallWatch drops a client that takes nothing) the wait
+        ends with the connection."""
         if self.writable.is_set():
             return True
+        if not deadline:
+            await self.writable.wait()
+            return not self.closing
         try:
             async with asyncio.timeout(self.limits.idle_timeout):
                 await self.writable.wait()
@@ -414,7 +419,10 @@ class Connection(asyncio.Protocol):
                 )
             self._send(_head(response, framing, close), watch)
             while self.streaming:
-                if not await self._writable():
+                # No deadline of its own: the transport's buffer drains only as the kernel's
+                # does, which on a Unix socket can take a slow reader longer than it takes
+                # the watch to see that it reads.
+                if not await self._writable(deadline=watch is None):
                     return False
                 try:
                     piece = await anext(stream)
