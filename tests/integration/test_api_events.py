@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import io
 import json
+import os
 import socket
 import subprocess
 import time
@@ -826,7 +828,8 @@ async def test_a_client_that_stops_reading_is_bounded_then_served_from_the_journ
         (stream,) = s.app.streams
         assert stream.overflows >= 1  # the queue was dropped, not grown: at most 20 events
         # Memory held for it: the transport's buffer, one piece over its high-water mark.
-        assert conn.transport.get_write_buffer_size() < 64 * 1024 + PIECE + 4096
+        high = Limits().stream_write_high_water
+        assert conn.transport.get_write_buffer_size() < high + PIECE + 4096
         ids = await client.ids(3000, timeout=60)
         assert ids == list(range(1, 3001))  # read late, from the journal: every one, in order
 
@@ -844,6 +847,99 @@ async def test_a_client_that_reads_nothing_is_dropped_after_the_idle_timeout(
                 lambda: s.listeners() == base and not s.server.connections,
                 timeout=5,
             )
+
+
+async def trickle(journal: Journal, every: float, size: int, until: Callable[[], bool]) -> None:
+    """One event of ``size`` bytes every ``every`` seconds, until ``until()`` (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    while not until() and time.monotonic() < deadline:
+        await publish(journal, 1, size=size)
+        await asyncio.sleep(every)
+
+
+async def open_stream(s: Served, where: str, rcvbuf: int) -> socket.socket:
+    """A stream requested on the TCP listener or on the Unix socket ``where``, from a socket
+    with a ``rcvbuf`` receive buffer that nothing reads (not even an asyncio stream)."""
+    family = socket.AF_INET if where == "tcp" else socket.AF_UNIX
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    address = ("127.0.0.1", s.port) if where == "tcp" else where
+    await asyncio.get_running_loop().sock_connect(sock, address)
+    await asyncio.get_running_loop().sock_sendall(sock, STREAM)
+    return sock
+
+
+@pytest.mark.parametrize("listener", ["tcp", "unix"])
+async def test_a_trickle_to_a_client_that_reads_nothing_is_dropped_after_the_idle_timeout(
+    tmp_path: Path, listener: str
+) -> None:
+    """Events too few to fill the buffers for a long while (40 kB/s): the client is dropped
+    for taking none of them, not once they are full (before: 2.7 MB of kernel buffer first
+    on TCP, ~270 kB on a Unix socket), and with a reset, which frees them."""
+    limits = Limits(idle_timeout=1.0, stall_check_interval=0.25)
+    async with serve(tmp_path, limits) as s:
+        where = "tcp" if listener == "tcp" else str(tmp_path / "api.sock")
+        if listener == "unix":
+            await s.server.listen_unix(Path(where))
+        client = await open_stream(s, where, rcvbuf=4096)
+        try:
+            await until("the stream to start", lambda: bool(s.server.connections))
+            (conn,) = s.server.connections
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            start = time.monotonic()
+            await trickle(s.journal, 0.05, 2000, lambda: not s.server.connections)
+            elapsed = time.monotonic() - start
+            # 1 s after its small receive buffer filled (at once), one check later at most
+            assert not s.server.connections, "still connected after 10 s"
+            assert elapsed < 2.5, elapsed
+            assert sock.fileno() == -1  # closed, not left to deliver what it was sent
+            if listener == "tcp":  # reset: it knows, and nothing waits to be delivered
+                err = client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                assert err == errno.ECONNRESET, os.strerror(err)
+        finally:
+            client.close()
+
+
+async def test_a_slow_reader_on_the_unix_socket_is_served_all_along(tmp_path: Path) -> None:
+    """On a Unix socket the kernel counts what the peer has not read in memory, not bytes:
+    a client that reads half as fast as events come must still count as taking them."""
+    limits = Limits(idle_timeout=1.0, stall_check_interval=0.25)
+    async with serve(tmp_path, limits) as s:
+        path = tmp_path / "api.sock"
+        await s.server.listen_unix(path)
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, str(path))
+        await loop.sock_sendall(sock, stream_request(path="/stream?max=20"))
+        arrivals: list[float] = []
+        stop = asyncio.Event()
+
+        async def read_slowly() -> None:
+            # Straight from the socket, 4 kB at a time: no stream's buffer reads ahead.
+            while not stop.is_set():
+                data = await loop.sock_recv(sock, 4096)
+                assert data, "the daemon closed the stream"
+                arrivals.extend(time.monotonic() for _ in range(data.count(b"\nid: ")))
+                await asyncio.sleep(0.04)  # ~100 kB/s
+
+        task = loop.create_task(read_slowly())
+        start = time.monotonic()
+        try:
+            until_done = lambda: time.monotonic() - start > 5 or task.done()  # noqa: E731
+            await trickle(s.journal, 0.02, 4000, until_done)
+            stop.set()
+            await task
+        finally:
+            task.cancel()
+            sock.close()
+        assert len(s.app.streams) == 1
+        (stream,) = s.app.streams
+        assert stream.overflows >= 1  # it did fall behind
+        for second in range(5):  # and still got events every second
+            assert any(0 <= t - start - second < 1 for t in arrivals), (second, len(arrivals))
 
 
 async def test_a_daemon_without_a_journal_answers_503_for_events_and_still_serves_metrics(

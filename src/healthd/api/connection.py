@@ -18,6 +18,7 @@ import httptools
 from healthd import __version__
 from healthd.api.hosts import BadHost, split_host
 from healthd.api.messages import HttpError, Peer, Request, Response, error_response, phrase
+from healthd.api.sendqueue import StallWatch, bound_buffers, drop
 
 if TYPE_CHECKING:
     from healthd.api.http import HttpServer
@@ -144,6 +145,14 @@ class Connection(asyncio.Protocol):
         self.reading = False
         if self.transport is not None:
             self.transport.abort()
+
+    def drop(self) -> None:
+        """Give up on a client that takes nothing of what it is sent: reset the connection,
+        so that what it has not taken is freed now (a close would leave it queued)."""
+        self.closing = True
+        self.reading = False
+        if self.transport is not None:
+            drop(self.transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.reading:
@@ -281,16 +290,21 @@ class Connection(asyncio.Protocol):
             self.worker = None
             self._after_answers()
 
-    async def _writable(self) -> bool:
+    async def _writable(self, deadline: bool = True) -> bool:
         """Wait while the client does not take its answers; after ``idle_timeout`` of that,
-        give up on it (False): it would hold a connection and its answers for ever."""
+        give up on it (False): it would hold a connection and its answers for ever. Without
+        ``deadline`` (a stream, whose StallWatch drops a client that takes nothing) the wait
+        ends with the connection."""
         if self.writable.is_set():
             return True
+        if not deadline:
+            await self.writable.wait()
+            return not self.closing
         try:
             async with asyncio.timeout(self.limits.idle_timeout):
                 await self.writable.wait()
         except TimeoutError:
-            self.abort()
+            self.drop()
             return False
         return True
 
@@ -372,8 +386,9 @@ class Connection(asyncio.Protocol):
         stream has ended and the connection goes on.
 
         - Flow control: the next piece is asked for only once the client takes what was sent
-          (``_writable``), so what waits in memory is the stream's to bound; a client that
-          takes nothing for ``idle_timeout`` is dropped, as for any answer.
+          (``_writable``), so what waits in memory is the stream's to bound. The socket's
+          send buffer is bounded too, and a client that takes none of the bytes sent to it
+          for ``idle_timeout`` is dropped, however few they are (see sendqueue.py).
         - No idle timeout while streaming: the answer is in progress, however quiet.
         - A client that goes (or shuts down its sending side: for an endless answer the only
           sign that it has gone) ends the stream at once, and so does ``HttpServer.close``:
@@ -386,13 +401,28 @@ class Connection(asyncio.Protocol):
         chunked = request.http_version != "1.0"
         close = close or not chunked or self.client_done
         framing = "Transfer-Encoding: chunked" if chunked else ""
+        watch: StallWatch | None = None
         try:
             if self.transport is None or self.transport.is_closing():
                 return False
-            self.transport.write(_head(response, framing, close))
             self.streaming = request.method != "HEAD" and not self.client_done
+            if self.streaming:
+                limits = self.limits
+                bound_buffers(
+                    self.transport,
+                    limits.stream_send_buffer,
+                    limits.stream_write_high_water,
+                    limits.idle_timeout,
+                )
+                watch = StallWatch(
+                    self.transport, limits.idle_timeout, limits.stall_check_interval, self.drop
+                )
+            self._send(_head(response, framing, close), watch)
             while self.streaming:
-                if not await self._writable():
+                # No deadline of its own: the transport's buffer drains only as the kernel's
+                # does, which on a Unix socket can take a slow reader longer than it takes
+                # the watch to see that it reads.
+                if not await self._writable(deadline=watch is None):
                     return False
                 try:
                     piece = await anext(stream)
@@ -401,9 +431,7 @@ class Connection(asyncio.Protocol):
                 if self.closing or self.transport.is_closing():
                     return False
                 if piece:  # an empty chunk would end the body
-                    self.transport.write(
-                        b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece
-                    )
+                    self._send(b"%x\r\n%b\r\n" % (len(piece), piece) if chunked else piece, watch)
         except Exception as exc:
             self.server.log.error(
                 "api_stream_failed", method=request.method, path=request.path, error=repr(exc)
@@ -412,6 +440,8 @@ class Connection(asyncio.Protocol):
             return False
         finally:
             self.streaming = False
+            if watch is not None:
+                watch.stop()
             await stream.aclose()  # a stream suspended at a yield runs its cleanup now
         if self.closing or self.transport is None or self.transport.is_closing():
             return False
@@ -421,6 +451,12 @@ class Connection(asyncio.Protocol):
             self._finish()
             return False
         return True
+
+    def _send(self, data: bytes, watch: StallWatch | None) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        if watch is not None:
+            watch.wrote(len(data))
 
     def _finish(self) -> None:
         """Close after the last answer, gently: closing with bytes unread resets the connection,

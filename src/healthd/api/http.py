@@ -17,8 +17,9 @@ monitoring:
   500 for that request only; a client that does not read its answers is not read from
   either, so that answers cannot pile up in memory;
 - streamed answers (Server-Sent Events) are chunked, wait for a slow client instead of
-  buffering for it, are exempt from the idle timeout while they run, and end when the client
-  goes away or the server closes;
+  buffering for it (in a bounded socket buffer), are exempt from the idle timeout while they
+  run but not from taking what is sent (``sendqueue.py``), and end when the client goes away
+  or the server closes;
 - with a ``HostRule``, a request on the TCP listener that names another server in its
   ``Host`` is 421 before any handler sees it (see ``hosts.py``).
 """

@@ -94,7 +94,10 @@ class Limits:
     max_refused: int = 64  # refused ones still being told so; beyond, cut at once
     max_pipelined: int = 16  # requests read ahead of the one being answered
     header_timeout: float = 10.0
-    idle_timeout: float = 30.0
+    idle_timeout: float = 30.0  # also: a stream's client that takes none of its bytes
+    stream_send_buffer: int = 64 * 1024  # a stream socket's SO_SNDBUF (see sendqueue.py)
+    stream_write_high_water: int = 16 * 1024  # a stream pauses with this much unsent
+    stall_check_interval: float = 1.0  # how often a stream's bytes not taken are looked at
     linger_timeout: float = 2.0  # reading (and dropping) after a last answer; see _finish
 
 

@@ -9,8 +9,9 @@ above the last one sent.
 
 Memory per client is bounded: live events wait in a queue of at most ``max_queued``; when a
 client reads too slowly for that, the queue is dropped and the stream reads on from the
-journal instead, where every event is anyway. A client that reads nothing at all is dropped by
-the HTTP server after its idle timeout; it resumes with ``Last-Event-ID``.
+journal instead, where every event is anyway. A client that takes none of the bytes sent to it
+for the idle timeout (30 s) is dropped by the HTTP server, however few they are (see
+sendqueue.py); it resumes with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
