@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections import deque
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, unquote
@@ -49,7 +50,9 @@ class Connection(asyncio.Protocol):
         self.writable = asyncio.Event()  # cleared while the client does not take its answers
         self.writable.set()
         self.counted = False  # in the server's budget (refused ones are not)
-        self.waiting_at = asyncio.get_running_loop().time()  # since when it waits for its client
+        # since when it waits for its client; not loop.time(): uvloop's counts whole
+        # milliseconds, and two connections' waits must not tie when the oldest is chosen
+        self.waiting_at = time.monotonic()
         self._reset()
 
     def _reset(self) -> None:
@@ -315,7 +318,7 @@ class Connection(asyncio.Protocol):
             self.closing = True
             self.transport.close()
         elif not self.in_request:
-            self.waiting_at = asyncio.get_running_loop().time()
+            self.waiting_at = time.monotonic()
             self._arm(self.limits.idle_timeout)
 
     def _read_on(self) -> None:
