@@ -35,7 +35,7 @@ _EMPTY_GIVE_UP = 5.0  # s in all: a process stuck in the kernel (D state) can ta
 # Empty cgroups kept for reuse: making and removing one per command cost more than moving the
 # daemon in and out. Beyond this many idle at once (a burst of concurrent commands is over),
 # they are removed.
-IDLE_KEPT = 32
+_IDLE_KEPT = 32
 
 
 def _cgroup2_directory() -> Path | None:
@@ -187,7 +187,7 @@ class Cgroups:
                 wait = max(waited * 2, _EMPTY_POLL)
                 loop.call_later(wait, self.release, path, loop, waited + wait)
             return
-        if self._parent is not None and len(self._idle) < IDLE_KEPT:
+        if self._parent is not None and len(self._idle) < _IDLE_KEPT:
             self._idle.append(path)
         else:
             with contextlib.suppress(OSError):

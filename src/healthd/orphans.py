@@ -2,7 +2,7 @@
 
 Whatever a command leaves running when its parent exits (a ``setsid`` grandchild, a double
 fork) is re-parented to the nearest subreaper: with this, the daemon rather than PID 1. That
-keeps it in reach (``cgroups.py`` kills it with its check), and it is reaped here once dead: a
+keeps it in reach (``containment.py`` kills it with its check), and it is reaped here once dead: a
 PID 1 in a container may never reap, and killed orphans would pile up as its zombies.
 
 Only adopted processes are reaped here; a command the daemon spawned is reaped by its owner
