@@ -2,7 +2,7 @@
 
 Whatever a command leaves running when its parent exits (a ``setsid`` grandchild, a double
 fork) is re-parented to the nearest subreaper: with this, the daemon rather than PID 1. That
-keeps it in reach (``cgroups.py`` kills it with its check), and it is reaped here once dead: a
+keeps it in reach (``containment.py`` kills it with its check), and it is reaped here once dead: a
 PID 1 in a container may never reap, and killed orphans would pile up as its zombies.
 
 Only adopted processes are reaped here; a command the daemon spawned is reaped by its owner
@@ -46,17 +46,37 @@ def children() -> list[int]:
 
 
 def reap_adopted() -> int:
-    """Reap every dead child the daemon did not spawn itself; how many."""
+    """Reap every dead child the daemon did not spawn itself; how many.
+
+    It runs after every contained command: usually there is no dead child at all, which one
+    waitid says (the scan of ``children`` opens a file per thread of the daemon)."""
     reaped = 0
-    for pid in children():
-        if pid in spawn.live:
-            continue
+    while True:
         try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # reaped meanwhile
-            continue
-        reaped += done == pid
-    return reaped
+            dead = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # no children at all
+            return reaped
+        if dead is None:
+            return reaped
+        if dead.si_pid in spawn.live:
+            # Its pidfd's callback will reap it; waitid would show it first every time.
+            return reaped + _reap_scanned()
+        if not _reaped(dead.si_pid):
+            return reaped
+        reaped += 1
+
+
+def _reap_scanned() -> int:
+    """``reap_adopted`` by a scan of the children, which passes over the spawned ones."""
+    return sum(_reaped(pid) for pid in children() if pid not in spawn.live)
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # reaped meanwhile
+        return False
+    return done == pid
 
 
 def reap_periodically(loop: asyncio.AbstractEventLoop) -> None:

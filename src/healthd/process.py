@@ -21,7 +21,6 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from healthd.accounts import Credentials
 from healthd.containment import cgroups
@@ -127,7 +126,7 @@ class Child:
         self._stdin_left = memoryview(stdin or b"")
         self._writing = False
         self.pid = 0
-        self._cgroup: Path | None = None
+        self._cgroup: str | None = None
         self._argv0 = argv[0]
         self._started = time.monotonic()
         path = program_path(argv[0], None if env is None else env.get("PATH", os.defpath))
@@ -138,7 +137,7 @@ class Child:
             # A command that must leave nothing behind is born in a cgroup of its own where
             # the host allows it: a setsid() grandchild escapes its process group, not that.
             try:
-                self._cgroup = cgroups.create()
+                self._cgroup = cgroups.take()
             except OSError as exc:
                 self._spawn_failed(f"{argv[0]}: cannot create its cgroup: {exc.strerror or exc}")
                 return
@@ -210,9 +209,10 @@ class Child:
             cgroups.kill(self._cgroup)
 
     def _release_cgroup(self) -> None:
+        """Kill what is left in the cgroup, if anything, and reuse it once empty."""
         cgroup, self._cgroup = self._cgroup, None
         if cgroup is not None:
-            cgroups.remove(cgroup, self._loop)
+            cgroups.release(cgroup, self._loop)
 
     # -- loop callbacks -------------------------------------------------------------------
 
@@ -271,8 +271,8 @@ class Child:
             code = os.waitstatus_to_exitcode(status)
         self._returncode = code
         if self._kill_leftovers or self._timed_out:
-            self._kill_all()
-        self._release_cgroup()
+            kill_group(self.pid)
+        self._release_cgroup()  # the cgroup too: releasing it kills what it still holds
         if self._eof:
             self._report()
         else:
@@ -333,7 +333,7 @@ def _spawn(
 
 
 def _spawn_in(
-    cgroup: Path,
+    cgroup: str,
     path: str,
     argv: Sequence[str],
     env: Mapping[str, str],

@@ -156,6 +156,56 @@ def test_no_zombies_pile_up_from_adopted_processes(daemon: DaemonProc) -> None:
     assert daemon.terminate() == 0
 
 
+def _cgroup2_mount() -> str:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[fields.index("-") + 1] == "cgroup2":
+            return fields[4]
+    raise AssertionError("no cgroup2 mounted")
+
+
+def test_a_reused_cgroup_holds_nothing_of_the_check_before(
+    daemon: DaemonProc, shared: Path
+) -> None:
+    """Cgroups of finished commands are reused. Each run of the check (as nobody) first lists
+    the processes in its cgroup, then leaves a setsid grandchild behind and exits 0: a run in
+    a reused cgroup must find there no grandchild of any run before (each was killed, and
+    the cgroup seen empty, before it was reused), and every grandchild is reaped."""
+    pids, seen = shared / "pids", shared / "seen"
+    script = (
+        "cg=$(sed -n 's/^0:://p' /proc/self/cgroup)\n"
+        f"echo \"$cg $(tr '\\n' ' ' < {_cgroup2_mount()}$cg/cgroup.procs)\" >> {seen}\n"
+        f"before=$(wc -l < {pids} 2>/dev/null || echo 0)\n"
+        f"setsid sh -c 'echo $$ >> {pids}; exec sleep 600' &\n"
+        f'while [ "$(wc -l < {pids} 2>/dev/null || echo 0)" = "$before" ]; do sleep 0.01; done\n'
+    )
+    write(
+        daemon,
+        "leaver",
+        "exec",
+        command=("sh", "-c", script),
+        interval=0.05,
+        timeout=1.0,
+        user="nobody",
+    )
+    client = start_with_canary(daemon)
+    client.wait_status("leaver", lambda s: s["total_checks"] >= 8, timeout=20)
+    runs = [line.split() for line in seen.read_text().splitlines()]
+    cgroups = [run[0] for run in runs]
+    assert len(set(cgroups)) < len(cgroups), f"no cgroup was reused: {cgroups}"
+    grandchildren = _pids(pids)
+    for cgroup, *listed in runs:
+        left = set(grandchildren) & {int(pid) for pid in listed}
+        assert not left, f"{cgroup} still held grandchildren {left} of an earlier run"
+    wait_for(
+        f"the setsid grandchildren {grandchildren} to be reaped",
+        lambda: all(_reaped(pid) for pid in grandchildren),
+        3,
+    )
+    assert zombies_of(daemon.pid) == []
+    assert daemon.terminate() == 0
+
+
 def test_what_a_restart_command_starts_is_left_running(daemon: DaemonProc, shared: Path) -> None:
     """Starting a service that outlives it is a restart command's job: not killed, and reaped
     once it dies of its own (the daemon adopted it)."""
