@@ -146,7 +146,12 @@ def request(
     if unix:
         peer = Peer(unix=True, uid=uid, uid_source="SO_PEERCRED" if uid is not None else None)
     else:  # the uid of a loopback TCP client, as the kernel says it (sock_diag)
-        peer = Peer(unix=False, host="127.0.0.1", uid=uid, uid_source="sock_diag" if uid else None)
+        peer = Peer(
+            unix=False,
+            host="127.0.0.1",
+            uid=uid,
+            uid_source="sock_diag" if uid is not None else None,
+        )
     return Request(method, path, {}, headers, b"", peer, "unix" if unix else "tcp")
 
 
