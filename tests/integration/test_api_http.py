@@ -452,6 +452,8 @@ async def test_a_newcomer_takes_the_place_of_the_oldest_idle_connection() -> Non
     """Idle connections held open (the lock-out of issue 16) give way to one that asks."""
     limits = Limits(max_connections=2, header_timeout=5, idle_timeout=5)
     async with serve(limits) as s, connect(s.port) as one, connect(s.port) as two:
+        # uvloop's clock moves in milliseconds: without a pause, "one" may not be the older
+        await asyncio.sleep(0.01)
         await two.send(get("/two"))
         assert (await two.reply()).status == 200  # now idle, kept alive, but newer
         async with connect(s.port) as third:

@@ -143,7 +143,15 @@ def request(
     authorization: str | None = None,
 ) -> Request:
     headers = {} if authorization is None else {"authorization": authorization}
-    peer = Peer(unix=True, uid=uid) if unix else Peer(unix=False, host="127.0.0.1")
+    if unix:
+        peer = Peer(unix=True, uid=uid, uid_source="SO_PEERCRED" if uid is not None else None)
+    else:  # the uid of a loopback TCP client, as the kernel says it (sock_diag)
+        peer = Peer(
+            unix=False,
+            host="127.0.0.1",
+            uid=uid,
+            uid_source="sock_diag" if uid is not None else None,
+        )
     return Request(method, path, {}, headers, b"", peer, "unix" if unix else "tcp")
 
 
@@ -193,6 +201,15 @@ def test_a_post_with_a_wrong_or_malformed_token_is_401(authorization: str) -> No
     error = refused(LOOPBACK, request("POST", authorization=authorization))
     assert error.status == 401
     assert any(name == "WWW-Authenticate" for name, _ in error.headers)
+
+
+@pytest.mark.parametrize("uid", [0, OWN_UID])
+@pytest.mark.parametrize("authorizer", [LOOPBACK, LOOPBACK_NO_TOKEN, EXPOSED])
+def test_root_over_tcp_still_needs_the_token(authorizer: Authorizer, uid: int) -> None:
+    """The kernel names a loopback TCP client's uid, but a page in root's browser is root's
+    too: only the Unix socket's uid stands for the token."""
+    error = refused(authorizer, request("POST", uid=uid))
+    assert error.status == (401 if authorizer.token else 403)
 
 
 def test_a_wrong_token_says_invalid_token() -> None:

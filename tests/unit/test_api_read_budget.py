@@ -41,6 +41,19 @@ def test_every_loopback_address_is_one_peer_and_unix_users_are_apart() -> None:
     assert peer_key(Peer(unix=False, host="")) == "tcp:"
 
 
+def test_a_local_user_is_its_uid_on_tcp_and_on_the_socket_alike() -> None:
+    """A loopback TCP client the kernel names (sock_diag) spends its uid's budget, whatever
+    127.x address it comes from, and the same one as on the Unix socket."""
+    by_tcp = {
+        peer_key(Peer(unix=False, host=h, uid=65534, uid_source="sock_diag"))
+        for h in ("127.0.0.1", "127.0.0.2", "::1", "::ffff:127.3.2.1")
+    }
+    assert by_tcp == {peer_key(Peer(unix=True, uid=65534, uid_source="SO_PEERCRED"))}
+    prometheus = Peer(unix=False, host="127.0.0.1", uid=998, uid_source="sock_diag")
+    assert peer_key(prometheus) != "uid:65534"
+    assert peer_key(prometheus) != peer_key(Peer(unix=False, host="127.0.0.1"))
+
+
 # -- the budget -----------------------------------------------------------------------------------
 
 

@@ -5,7 +5,9 @@
   0660, already decides who can connect). On any other listener every call but /healthz
   needs the token, and listening there without a token is refused at start.
 - Changing anything (POST) needs ``Authorization: Bearer TOKEN``, or a Unix-socket peer whose
-  uid is 0 or the daemon's own (SO_PEERCRED): root on the host needs no token file.
+  uid is 0 or the daemon's own (SO_PEERCRED): root on the host needs no token file. Never a
+  TCP peer's uid, though the kernel says it for loopback clients (budgets use it): a web page
+  in a browser run by root could then change things with a POST to 127.0.0.1.
 - The token file must not be readable or writable by group or others, and must belong to
   root or to the daemon's own user: whoever owns it can change the token.
 """

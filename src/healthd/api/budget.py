@@ -2,12 +2,16 @@
 can lock everyone else out.
 
 - Each listener has its own budget: a flood of the TCP listener leaves the Unix socket alone.
+- A peer is a uid where the kernel says it: on the Unix socket (SO_PEERCRED), and for a
+  loopback client on TCP (sock_diag, see peer_uid.py), since every local user may connect
+  from 127.0.0.1 or bind any of 127.0.0.0/8. Elsewhere (a remote client of a listener that
+  needs the token, or a local one the kernel could not name) a peer is its source address.
 - On the socket, the last ``socket_max_connections_per_uid`` places are kept for root and the
   daemon's own uid (the way in for ``healthd reload`` and the CLI as root), and every other
   uid may hold at most that many.
-- On TCP, each source address may hold at most ``max_connections_per_address``. Loopback
-  clients may come from any of 127.0.0.0/8, so one address does not bound a local user; on
-  127.0.0.1 itself, every local client shares the one budget.
+- On TCP, each peer may hold at most ``max_connections_per_address``, and the last as many
+  places (a quarter of ``max_connections`` at most) are kept for root and the daemon's uid:
+  their scrapes and CLI calls from 127.0.0.1 get in whatever other users hold.
 - A newcomer that would go over a budget takes the place of the oldest connection that is
   only waiting (connected, or kept alive after its answers, or half-way through sending a
   request head), first of its own peer, else, when the listener is full, of the peer that
@@ -29,7 +33,8 @@ from typing import Protocol
 
 from healthd.api.messages import Limits, Peer
 
-PeerKey = tuple[str, str | int | None]  # ("tcp", address) or ("unix", uid)
+# (listener, uid), or ("tcp", address) when the uid is not known; ("unix", None) likewise
+PeerKey = tuple[str, str | int | None]
 
 
 class Waiting(Protocol):
@@ -46,7 +51,9 @@ class Waiting(Protocol):
 
 
 def key_of(local: str, peer: Peer) -> PeerKey:
-    return (local, peer.uid) if local == "unix" else (local, peer.host)
+    if local == "unix" or peer.uid is not None:
+        return (local, peer.uid)
+    return (local, peer.host)
 
 
 @dataclass
@@ -90,13 +97,16 @@ class ConnectionBudget:
     def _caps(self, local: str, peer: Peer) -> tuple[int, int]:
         """(the listener's total this peer may reach, the peer's own cap)."""
         limits = self.limits
-        if local != "unix":
-            return limits.max_connections, limits.max_connections_per_address
+        if local == "unix":
+            total, per_peer = limits.socket_max_connections, limits.socket_max_connections_per_uid
+            reserve = per_peer  # service.py makes sure others keep some
+        else:
+            total, per_peer = limits.max_connections, limits.max_connections_per_address
+            # A config that set max_connections low (with the default per-peer 64) still loads
+            reserve = min(per_peer, total // 4)
         if peer.uid in self.trusted_uids:
-            return limits.socket_max_connections, limits.socket_max_connections
-        reserve = limits.socket_max_connections_per_uid
-        others = max(0, limits.socket_max_connections - reserve)
-        return others, limits.socket_max_connections_per_uid
+            return total, total
+        return max(0, total - reserve), per_peer
 
     def _take_place(self, held: Iterable[Waiting], key: PeerKey) -> bool:
         return _give_way(c for c in held if key_of(c.local, c.peer) == key)
@@ -111,12 +121,13 @@ class ConnectionBudget:
         return _give_way(c for c in held if key_of(c.local, c.peer) == largest)
 
     def _peer_message(self, local: str, peer: Peer) -> str:
-        if local != "unix":
-            return f"too many connections to the API from {peer.host}"
+        where = self._name(local)
         if peer.uid in self.trusted_uids:
-            return "too many connections to the API's Unix socket"
+            return f"too many connections to the API's {where}"
+        if peer.uid is None:
+            return f"too many connections to the API from {peer.host or 'this client'}"
         return (
-            f"too many connections to the API's Unix socket from uid {peer.uid} "
+            f"too many connections to the API's {where} from uid {peer.uid} "
             "(the last places are kept for root)"
         )
 

@@ -19,6 +19,7 @@ import httptools
 from healthd import __version__
 from healthd.api.hosts import BadHost, split_host
 from healthd.api.messages import HttpError, Peer, Request, Response, error_response, phrase
+from healthd.api.peer_uid import loopback_peer_uid
 from healthd.api.sendqueue import StallWatch, bound_buffers, drop
 
 if TYPE_CHECKING:
@@ -90,10 +91,17 @@ class Connection(asyncio.Protocol):
             with contextlib.suppress(OSError, AttributeError, struct.error):
                 raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
                 uid = _PEERCRED.unpack(raw)[1]
-            return Peer(unix=True, uid=uid)
+            return Peer(unix=True, uid=uid, uid_source="SO_PEERCRED" if uid is not None else None)
         peername = transport.get_extra_info("peername")
+        sockname = transport.get_extra_info("sockname")
         host = str(peername[0]) if peername else ""
-        return Peer(unix=False, host=host)
+        # A local client's uid, so that budgets tell local users apart (budget.py)
+        uid = None
+        if peername and sockname:
+            uid = loopback_peer_uid((str(sockname[0]), sockname[1]), (host, peername[1]))
+        return Peer(
+            unix=False, host=host, uid=uid, uid_source="sock_diag" if uid is not None else None
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True

@@ -6,16 +6,22 @@ import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
+
+# How a peer's uid is known: the Unix socket's SO_PEERCRED, or the kernel's sock_diag answer
+# for a loopback TCP client (see peer_uid.py).
+UidSource = Literal["SO_PEERCRED", "sock_diag"]
 
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """Who is asking. ``uid`` is the peer's user id on a Unix socket (SO_PEERCRED)."""
+    """Who is asking. ``uid``: the peer's user id, when the kernel says it (``uid_source``).
+    Only a Unix-socket uid may stand for a token (auth.py); a TCP one only counts budgets."""
 
     unix: bool
     host: str = ""
     uid: int | None = None
+    uid_source: UidSource | None = None
 
 
 @dataclass(slots=True)

@@ -12,11 +12,12 @@ since each costs its connection that long.
 
 Who a peer is:
 
-- on the Unix socket, its uid (SO_PEERCRED): the kernel says it, it cannot be forged;
-- on TCP from a loopback address, every loopback address together: any local user can bind
-  any of 127.0.0.0/8 (``curl --interface 127.0.0.2``), so one budget per address would give a
-  flooder 16 million of them; the cost is that local TCP clients share one budget (the Unix
-  socket keeps users apart);
+- a local client, its uid, the same on both listeners: on the Unix socket from SO_PEERCRED,
+  on TCP from loopback from the kernel's sock_diag (peer_uid.py); neither can be forged, so a
+  user flooding from 127.0.0.1 spends only its own budget, not Prometheus's (another uid);
+- a loopback TCP client the kernel could not name (its socket already closed): every
+  loopback address together, since any local user can bind any of 127.0.0.0/8
+  (``curl --interface 127.0.0.2``), and one budget per address would give 16 million;
 - on TCP from elsewhere (a listener that needs the token), its address.
 """
 
@@ -39,8 +40,10 @@ MAX_PEERS = 4096  # buckets kept; the least recently used is forgotten (it start
 
 def peer_key(peer: Peer) -> str:
     """Whose budget a request spends (see the module's rules)."""
+    if peer.uid is not None:
+        return f"uid:{peer.uid}"
     if peer.unix:
-        return f"uid:{peer.uid}" if peer.uid is not None else "unix"
+        return "unix"
     try:
         address = ipaddress.ip_address(peer.host)
     except ValueError:

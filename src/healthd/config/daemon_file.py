@@ -89,8 +89,9 @@ class ApiSettings:
     socket: Path | None = None
     token_file: Path | None = None
     allowed_hosts: tuple[str, ...] = ()  # names (or addresses) beyond the listener's own
-    # Connection budgets (api/budget.py): the TCP listener's, per source address, the Unix
-    # socket's, and per uid on it (also the places kept for root).
+    # Connection budgets (api/budget.py): the TCP listener's, per client (a local client's
+    # uid, else its address; also the places kept for root), the Unix socket's, and per uid
+    # on it (also the places kept for root).
     max_connections: int = 256
     max_connections_per_address: int = 64
     socket_max_connections: int = 64
