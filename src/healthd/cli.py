@@ -328,7 +328,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from healthd.sinks.notifier import build_notifier  # noqa: PLC0415
     from healthd.systemd import SystemdNotifier  # noqa: PLC0415
 
-    log.info("containment", **containment.contain_commands())
+    log.info(
+        "containment",
+        **containment.contain_commands(use_cgroups=security.cgroup_per_command),
+    )
 
     async def serve() -> None:
         orphans.reap_periodically(asyncio.get_running_loop())

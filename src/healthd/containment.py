@@ -247,10 +247,15 @@ def _remove_stale(home: Path) -> None:
 cgroups = Cgroups()
 
 
-def contain_commands() -> dict[str, str]:
-    """Become a subreaper and use a cgroup per command where the host allows; what was got,
-    as log fields."""
+def contain_commands(*, use_cgroups: bool = True) -> dict[str, str]:
+    """Become a subreaper and use a cgroup per command where the host allows (and
+    ``use_cgroups``: ``security.cgroup_per_command``); what was got, as log fields."""
     refused = orphans.become_subreaper()
     got = {"subreaper": f"no: {refused}" if refused else "yes"}
-    got["cgroups"] = str(cgroups.parent) if cgroups.enable() else f"no: {cgroups.why_not}"
+    if not use_cgroups:
+        got["cgroups"] = "no: security.cgroup_per_command is false"
+    elif cgroups.enable():
+        got["cgroups"] = str(cgroups.parent)
+    else:
+        got["cgroups"] = f"no: {cgroups.why_not}"
     return got

@@ -229,3 +229,25 @@ def test_what_a_restart_command_starts_is_left_running(daemon: DaemonProc, share
     os.kill(service, 9)
     wait_for(f"the service {service} to be reaped", lambda: _reaped(service), 3)
     assert daemon.terminate() == 0
+
+
+def test_cgroup_per_command_off_is_said_and_a_setsid_grandchild_then_survives(
+    daemon: DaemonProc, shared: Path
+) -> None:
+    """``security.cgroup_per_command: false`` saves the two migrations per command; the start
+    says so, and then (only then) a ``setsid()`` grandchild outlives its check, adopted by
+    the daemon (a subreaper all the same) and reaped when it ends."""
+    pids = shared / "pids"
+    write(daemon, "escape", "exec", command=_escaping(pids, "exit 0"), interval=30.0, retries=1)
+    daemon.daemon_config.write_text("security:\n  cgroup_per_command: false\n")
+    client = start_with_canary(daemon)
+    (line,) = daemon.events("containment")
+    assert 'cgroups="no: security.cgroup_per_command is false"' in line, line
+    assert "subreaper=yes" in line.split()
+    client.wait_status("escape", lambda s: s["total_checks"] >= 1)
+    (grandchild,) = _pids(pids)
+    ticks = Path(f"/proc/{grandchild}/stat").read_text().split()
+    assert int(ticks[3]) == daemon.pid  # its parent died: the daemon adopted it
+    os.kill(grandchild, 9)
+    wait_for(f"{grandchild} to be reaped", lambda: _reaped(grandchild), 3)
+    assert daemon.terminate() == 0

@@ -27,6 +27,9 @@ def test_security_keys() -> None:
         "security:\n  strict_modes: false\n  pass_environment: [TZ, HEALTHD_ITEST_MARK]\n", PATH
     )
     assert parsed.security == SecuritySettings(False, ("TZ", "HEALTHD_ITEST_MARK"))
+    assert parsed.security.cgroup_per_command  # on unless said
+    parsed = parse_daemon_file("security:\n  cgroup_per_command: false\n", PATH)
+    assert parsed.security == SecuritySettings(True, (), cgroup_per_command=False)
 
 
 @pytest.mark.parametrize(
@@ -51,7 +54,7 @@ def test_security_keys() -> None:
         ),
         (
             "security:\n  strict: false\n",
-            "2: security.strict: unknown key (known: strict_modes, pass_environment)",
+            "2: security.strict: unknown key (known: strict_modes, pass_environment, cgroup_per_command)",
         ),
     ],
 )

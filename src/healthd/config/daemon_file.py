@@ -16,6 +16,7 @@ file named on the command line must exist.
                                    # and that many kept for root
     security:
       strict_modes: true           # as root: no commands from files others could change
+      cgroup_per_command: true     # a cgroup per exec check where the host allows it
       pass_environment: [TZ]       # the daemon's variables that exec checks get too
     reload:
       watch: true                  # reload by itself when the config dir changes
@@ -110,10 +111,14 @@ class EventsSettings:
 @dataclass(frozen=True)
 class SecuritySettings:
     """``strict_modes``: see config/trust.py. ``pass_environment``: names of the daemon's own
-    environment variables that exec checks get as well (they get nothing else of it)."""
+    environment variables that exec checks get as well (they get nothing else of it).
+    ``cgroup_per_command``: contain each exec check, sink command and lookup in a cgroup of
+    its own where the host allows it (containment.py); off, a ``setsid()`` grandchild escapes,
+    and the daemon saves the two migrations each command costs."""
 
     strict_modes: bool = True
     pass_environment: tuple[str, ...] = ()
+    cgroup_per_command: bool = True
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,7 @@ def _names(node: yaml.Node) -> tuple[str, ...]:
 _SECURITY_KEYS: dict[str, nodes.Converter] = {
     "strict_modes": _flag,
     "pass_environment": _names,
+    "cgroup_per_command": _flag,
 }
 
 
