@@ -64,6 +64,14 @@ def test_the_unit_is_a_notify_service_with_a_watchdog_and_reload() -> None:
     assert unit["NoNewPrivileges"] == ["yes"]
 
 
+def test_the_unit_lets_healthd_give_each_check_a_cgroup() -> None:
+    """A read-only cgroup tree would leave checks contained by process group only: a setsid()
+    grandchild would outlive its check (issue 16)."""
+    unit = settings()
+    assert unit["Delegate"] == ["yes"]
+    assert "ProtectControlGroups" not in unit
+
+
 def test_execstart_is_a_valid_command_line_on_the_default_dirs() -> None:
     unit = settings()
     (start,) = unit["ExecStart"]
