@@ -54,7 +54,8 @@ def test_security_keys() -> None:
         ),
         (
             "security:\n  strict: false\n",
-            "2: security.strict: unknown key (known: strict_modes, pass_environment, cgroup_per_command)",
+            "2: security.strict: unknown key "
+            "(known: strict_modes, pass_environment, cgroup_per_command)",
         ),
     ],
 )
