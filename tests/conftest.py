@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import uvloop
@@ -27,3 +29,16 @@ def require_binary(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A fresh directory under /tmp that every user may search (0755), as /etc or /home are.
+    pytest's own directories are root's alone: no other user could reach a file in them, plant
+    a link there, or read what a link leads to."""
+    path = Path(tempfile.mkdtemp(prefix="healthd-public-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,20 +43,9 @@ def _root(require_binary: Callable[[str], str]) -> None:
 
 
 @pytest.fixture
-def public() -> Iterator[Path]:
-    """A directory every user may search, like /etc or /home."""
-    path = Path(tempfile.mkdtemp(prefix="healthd-attack-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def victim(public: Path, tmp_path: Path, env: dict[str, str]) -> Iterator[DaemonProc]:
-    """The root daemon, its config dir in ``public`` (given away by each test as it needs)."""
-    daemon = DaemonProc(public / "conf", public / "status", env, tmp_path / "daemon.log")
+def victim(public_dir: Path, tmp_path: Path, env: dict[str, str]) -> Iterator[DaemonProc]:
+    """The root daemon, its config dir in ``public_dir`` (given away by each test as it needs)."""
+    daemon = DaemonProc(public_dir / "conf", public_dir / "status", env, tmp_path / "daemon.log")
     daemon.config_dir.mkdir(mode=0o755)
     try:
         yield daemon
@@ -203,14 +191,14 @@ def test_a_flipped_link_never_gets_an_exec_check_of_theirs_run_by_root(
 
 
 def test_validate_refuses_a_chain_whose_second_link_is_theirs(
-    victim: DaemonProc, public: Path
+    victim: DaemonProc, public_dir: Path
 ) -> None:
     """``conf/job.yaml -> /home/u/link.yaml -> /etc/.../job.yaml``: the first link and the
     file are root's, in root's directories, but u may point the second anywhere."""
-    real = public / "real"
+    real = public_dir / "real"
     real.mkdir(mode=0o755)
     (real / "job.yaml").write_text("workload: job\ntype: exec\ncommand: ['true']\n")
-    home = public / "home"
+    home = public_dir / "home"
     home.mkdir(mode=0o755)
     os.chown(home, NOBODY, NOBODY)
     as_nobody("ln", "-s", str(real / "job.yaml"), str(home / "link.yaml"))
@@ -224,14 +212,16 @@ def test_validate_refuses_a_chain_whose_second_link_is_theirs(
     )
 
 
-def test_auto_restart_from_their_file_restarts_nothing(victim: DaemonProc, public: Path) -> None:
+def test_auto_restart_from_their_file_restarts_nothing(
+    victim: DaemonProc, public_dir: Path
+) -> None:
     """An untrusted tcp file with ``auto_restart: true`` and no ``restart_command``, named
     after any container, on a closed port: root used to run ``systemctl restart
     volt-container@NAME.service`` about once a second. The systemctl here is a stand-in
     that writes down each call."""
-    bin_dir = public / "bin"
+    bin_dir = public_dir / "bin"
     bin_dir.mkdir(mode=0o755)
-    calls = public / "systemctl-calls"
+    calls = public_dir / "systemctl-calls"
     systemctl = bin_dir / "systemctl"
     systemctl.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
     systemctl.chmod(0o755)
@@ -261,10 +251,10 @@ def test_auto_restart_from_their_file_restarts_nothing(victim: DaemonProc, publi
 
 
 @pytest.fixture
-def root_keys(public: Path) -> Pki:
+def root_keys(public_dir: Path) -> Pki:
     """The host's identity: a client certificate and key only root may read (0600, in a
     0700 directory), as /etc/ssl/private holds them."""
-    private = public / "private"
+    private = public_dir / "private"
     private.mkdir(mode=0o700)
     return Pki(private)
 
@@ -302,12 +292,12 @@ def test_roots_client_key_is_not_lent_to_their_file(victim: DaemonProc, root_key
 
 
 def test_tls_file_errors_tell_them_nothing_they_could_not_see(
-    public: Path, root_keys: Pki, tmp_path: Path, env: dict[str, str]
+    public_dir: Path, root_keys: Pki, tmp_path: Path, env: dict[str, str]
 ) -> None:
     """The load errors used to tell an unprivileged user whether a root-only file exists and
     whether a key matches a certificate. Now the answer is the same for a real key, a
     missing one and one of another certificate: they may not look there."""
-    conf = public / "conf"
+    conf = public_dir / "conf"
     conf.mkdir(mode=0o755)
     os.chown(conf, NOBODY, NOBODY)
     private = root_keys.directory
@@ -344,7 +334,7 @@ def test_tls_file_errors_tell_them_nothing_they_could_not_see(
 
 
 def test_a_flood_of_link_flips_cannot_lend_a_key_at_run_time(
-    victim: DaemonProc, root_keys: Pki, public: Path
+    victim: DaemonProc, root_keys: Pki, public_dir: Path
 ) -> None:
     """A key u may read at load, swapped afterwards for a link to root's key: each TLS
     context is built from what the walk opens, with u as the reader, so root's key is never
@@ -354,11 +344,11 @@ def test_a_flood_of_link_flips_cannot_lend_a_key_at_run_time(
     lock = threading.Lock()
 
     with site_in_thread({"/": response(200, b"ok")}, tls_context=context) as srv:
-        home = public / "home"
+        home = public_dir / "home"
         home.mkdir(mode=0o755)
         os.chown(home, NOBODY, NOBODY)
         # u's own pair: a certificate of a CA the server does not trust
-        theirs = public / "theirs"
+        theirs = public_dir / "theirs"
         theirs.mkdir(mode=0o755)
         shutil.copy(root_keys.stranger_client[0], theirs / "cert.pem")
         shutil.copy(root_keys.stranger_client[1], theirs / "key.pem")

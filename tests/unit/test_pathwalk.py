@@ -4,9 +4,7 @@ there, and that a config dir walked once judges each file as its whole path woul
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,17 +23,6 @@ def _root() -> None:
         pytest.skip("needs root")
 
 
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """A directory any user may search, under /tmp (root's and sticky)."""
-    path = Path(tempfile.mkdtemp(prefix="healthd-walk-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
 def read(path: Path | str, readers: pathwalk.Authors = frozenset()) -> tuple[bytes, pathwalk.Walk]:
     found = pathwalk.open_file(str(path), readers)
     try:
@@ -44,31 +31,33 @@ def read(path: Path | str, readers: pathwalk.Authors = frozenset()) -> tuple[byt
         found.close()
 
 
-def test_relative_links_and_dot_dot_resolve_as_the_kernel_does(base: Path) -> None:
-    (base / "a" / "b").mkdir(parents=True)
-    (base / "a" / "file").write_text("here")
-    (base / "a" / "b" / "up").symlink_to("../file")
-    (base / "link-dir").symlink_to("a/b")
-    data, found = read(base / "link-dir" / ".." / "file")  # .. of a/b is a, as the kernel says
+def test_relative_links_and_dot_dot_resolve_as_the_kernel_does(public_dir: Path) -> None:
+    (public_dir / "a" / "b").mkdir(parents=True)
+    (public_dir / "a" / "file").write_text("here")
+    (public_dir / "a" / "b" / "up").symlink_to("../file")
+    (public_dir / "link-dir").symlink_to("a/b")
+    data, found = read(
+        public_dir / "link-dir" / ".." / "file"
+    )  # .. of a/b is a, as the kernel says
     assert data == b"here"
-    kernel = Path(base / "link-dir" / ".." / "file").read_bytes()
+    kernel = Path(public_dir / "link-dir" / ".." / "file").read_bytes()
     assert (data, found.authors) == (kernel, frozenset())
-    data, found = read(base / "a" / "b" / "up")
+    data, found = read(public_dir / "a" / "b" / "up")
     assert data == b"here"
-    assert found.real_path == f"{base}/a/file"
+    assert found.real_path == f"{public_dir}/a/file"
     assert found.faults == []
 
 
-def test_every_hop_that_another_user_could_change_is_an_author(base: Path) -> None:
-    theirs = base / "theirs"
+def test_every_hop_that_another_user_could_change_is_an_author(public_dir: Path) -> None:
+    theirs = public_dir / "theirs"
     theirs.mkdir()
     os.chown(theirs, NOBODY, NOBODY)
-    shared = base / "shared"
+    shared = public_dir / "shared"
     shared.mkdir()
     shared.chmod(0o775)
-    (base / "target").write_text("x")
+    (public_dir / "target").write_text("x")
     (theirs / "hop").symlink_to(shared / "hop")
-    (shared / "hop").symlink_to(base / "target")
+    (shared / "hop").symlink_to(public_dir / "target")
     _, found = read(theirs / "hop")
     assert found.authors == {Author("uid", NOBODY), Author("gid", 0)}
     assert found.faults == [
@@ -84,9 +73,9 @@ def test_every_hop_that_another_user_could_change_is_an_author(base: Path) -> No
 
 
 def test_a_reader_is_refused_where_they_may_not_go_and_told_only_what_they_could_see(
-    base: Path,
+    public_dir: Path,
 ) -> None:
-    private = base / "private"
+    private = public_dir / "private"
     private.mkdir(mode=0o700)
     (private / "key").write_text("secret")
     reader = frozenset({Author("uid", NOBODY)})
@@ -107,12 +96,12 @@ def test_a_reader_is_refused_where_they_may_not_go_and_told_only_what_they_could
     assert read(private / "key", reader)[0] == b"secret"
 
 
-def test_loops_dead_ends_and_things_that_are_not_files(base: Path) -> None:
-    (base / "loop").symlink_to("loop")
-    (base / "dangling").symlink_to("nowhere")
-    (base / "dir").mkdir()
-    os.mkfifo(base / "fifo")
-    (base / "file").write_text("x")
+def test_loops_dead_ends_and_things_that_are_not_files(public_dir: Path) -> None:
+    (public_dir / "loop").symlink_to("loop")
+    (public_dir / "dangling").symlink_to("nowhere")
+    (public_dir / "dir").mkdir()
+    os.mkfifo(public_dir / "fifo")
+    (public_dir / "file").write_text("x")
     cases = {
         "loop": ("Too many levels of symbolic links", False),
         "dangling": ("No such file or directory", False),
@@ -122,17 +111,17 @@ def test_loops_dead_ends_and_things_that_are_not_files(base: Path) -> None:
     }
     for name, (reason, not_regular) in cases.items():
         with pytest.raises(WalkRefused) as caught:
-            read(base / name)
+            read(public_dir / name)
         assert (str(caught.value), caught.value.not_regular) == (reason, not_regular), name
 
 
-def test_a_directory_walked_once_judges_each_entry_as_its_whole_path(base: Path) -> None:
-    conf = base / "etc" / "conf"
+def test_a_directory_walked_once_judges_each_entry_as_its_whole_path(public_dir: Path) -> None:
+    conf = public_dir / "etc" / "conf"
     conf.mkdir(parents=True)
-    (base / "etc").chmod(0o775)
+    (public_dir / "etc").chmod(0o775)
     (conf / "plain.yaml").write_text("plain")
-    (conf / "abs.yaml").symlink_to(base / "elsewhere.yaml")
-    (base / "elsewhere.yaml").write_text("elsewhere")
+    (conf / "abs.yaml").symlink_to(public_dir / "elsewhere.yaml")
+    (public_dir / "elsewhere.yaml").write_text("elsewhere")
     (conf / "rel.yaml").symlink_to("../../elsewhere.yaml")
     (conf / "loop.yaml").symlink_to("loop.yaml")
     directory = pathwalk.Directory(str(conf))

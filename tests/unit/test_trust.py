@@ -7,9 +7,6 @@ directories (under /tmp, root's and sticky) are trusted as they are.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,18 +27,6 @@ def _root() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("strict modes are tested as root (CI runs as root)")
         pytest.skip("needs root")
-
-
-@pytest.fixture
-def public() -> Iterator[Path]:
-    """A directory any user may search, as most of a real host is (pytest's own are root's
-    alone, and a link another user could change is followed only where they could go)."""
-    path = Path(tempfile.mkdtemp(prefix="healthd-trust-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def workload(directory: Path, name: str, template: str = EXEC) -> Path:
@@ -122,10 +107,10 @@ def test_a_sticky_root_dir_above_is_accepted_but_not_a_sticky_dir_of_another_use
     )
 
 
-def test_a_symlink_is_judged_by_its_owner_and_where_it_points(public: Path) -> None:
-    elsewhere = public / "elsewhere"
+def test_a_symlink_is_judged_by_its_owner_and_where_it_points(public_dir: Path) -> None:
+    elsewhere = public_dir / "elsewhere"
     target = workload(elsewhere, "web")
-    conf = public / "conf"
+    conf = public_dir / "conf"
     conf.mkdir()
     link = conf / "web.yaml"
     link.symlink_to(target)
@@ -171,10 +156,10 @@ def test_load_dir_reports_the_refused_and_loads_the_rest(tmp_path: Path) -> None
     assert sorted(load_dir(conf, strict_modes=False).configs) == ["bad", "good", "web"]
 
 
-def test_a_symlinked_config_dir_is_judged_where_it_is_named_too(public: Path) -> None:
-    real = public / "srv"
+def test_a_symlinked_config_dir_is_judged_where_it_is_named_too(public_dir: Path) -> None:
+    real = public_dir / "srv"
     path = workload(real, "web")
-    named = public / "etc"
+    named = public_dir / "etc"
     named.mkdir()
     (named / "health").symlink_to(real, target_is_directory=True)
     listed = named / "health" / "web.yaml"
