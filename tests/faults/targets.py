@@ -13,12 +13,15 @@ import random
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from integration.harness import (
     PY,
@@ -354,3 +357,31 @@ def wait_api(daemon: DaemonProc, client: ApiClient) -> None:
         return client.call("GET", "/healthz").status == 200
 
     wait_for("GET /healthz over the API socket", up, detail=daemon.log)
+
+
+FLOOD_CLIENT = Path(__file__).resolve().parents[2] / "bench" / "flood_client.py"
+
+
+AS_NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def python_for_nobody(setpriv: str) -> str:
+    """A Python that uid 65534 may run (the test's may live in root's home)."""
+    for python in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
+        probe = subprocess.run(
+            [setpriv, *AS_NOBODY, python, "-c", "import asyncio"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+        if probe.returncode == 0:
+            return python
+    pytest.fail("no Python that uid 65534 can run")
+
+
+def flood_client_argv(setpriv: str) -> list[str]:
+    """``bench/flood_client.py`` as uid 65534 runs it, up to its own arguments. The script is
+    passed as its source: the checkout may sit in a directory only root may enter (a clone in
+    ``mktemp -d``)."""
+    python = python_for_nobody(setpriv)
+    return [setpriv, *AS_NOBODY, python, "-c", FLOOD_CLIENT.read_text()]

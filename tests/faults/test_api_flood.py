@@ -15,7 +15,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -27,9 +26,8 @@ import pytest
 
 from integration.harness import ApiClient, DaemonProc, connect, wait_for, write
 
-ROOT = Path(__file__).resolve().parents[2]
-FLOOD_CLIENT = ROOT / "bench" / "flood_client.py"
-NOBODY = ["--reuid=65534", "--regid=65534", "--clear-groups"]
+from .targets import flood_client_argv
+
 WORKLOADS = 400
 CANARY_INTERVAL = 0.5
 FLOOD_SECONDS = 8.0  # more than one review of the lag (every 5 s), which logs scheduler_behind
@@ -76,20 +74,6 @@ def listeners() -> Iterator[tuple[Listener, Listener]]:
     canary.close()
 
 
-def python_for_nobody(setpriv: str) -> str:
-    """A Python that uid 65534 may run (the test's may live in root's home)."""
-    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        probe = subprocess.run(
-            [setpriv, *NOBODY, candidate, "-c", "import asyncio"],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        if probe.returncode == 0:
-            return candidate
-    pytest.fail("no Python that uid 65534 can run")
-
-
 def lag_buckets(metrics: str) -> list[tuple[float, float]]:
     """healthd_scheduler_lag_seconds' cumulative buckets: (le, count), +Inf last."""
     found = re.findall(
@@ -134,13 +118,10 @@ def start_daemon(daemon: DaemonProc, target: Listener, canary: Listener, sock: P
     daemon.start()
 
 
-def flood(setpriv: str, python: str, port: int, seconds: float) -> subprocess.Popen[str]:
+def flood(setpriv: str, port: int, seconds: float) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
-            setpriv,
-            *NOBODY,
-            python,
-            str(FLOOD_CLIENT),
+            *flood_client_argv(setpriv),
             "--port",
             str(port),
             "--connections",
@@ -174,7 +155,6 @@ def test_a_status_flood_from_another_user_does_not_slow_the_checks(
     tmp_path: Path,
 ) -> None:
     setpriv = require_binary("setpriv")
-    python = python_for_nobody(setpriv)
     target, canary = listeners
     sock = tmp_path / "api.sock"
     start_daemon(daemon, target, canary, sock)
@@ -187,7 +167,7 @@ def test_a_status_flood_from_another_user_does_not_slow_the_checks(
     before = fresh_scrape(root)
     log_mark = len(daemon.log())
     flood_start = time.monotonic()
-    proc = flood(setpriv, python, port, FLOOD_SECONDS)
+    proc = flood(setpriv, port, FLOOD_SECONDS)
     try:
         out, err = proc.communicate(timeout=FLOOD_SECONDS + 30)
     finally:

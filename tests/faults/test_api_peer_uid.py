@@ -18,20 +18,18 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from integration.harness import DaemonProc, connect, write
 
-ROOT = Path(__file__).resolve().parents[2]
-FLOOD_CLIENT = ROOT / "bench" / "flood_client.py"
+from .targets import flood_client_argv, python_for_nobody
+
 NOBODY = 65534
 OTHER_USERS = (65533, 65532)  # uids of no one: the kernel needs no account to run as them
 # The test's own reads while the flood runs: fewer than the budget's 20 a second
@@ -86,20 +84,6 @@ def as_user(setpriv: str, uid: int) -> list[str]:
     return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
 
 
-def python_for_users(setpriv: str) -> str:
-    """A Python that another uid may run (the test's may live in root's home)."""
-    for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
-        probe = subprocess.run(
-            [*as_user(setpriv, NOBODY), candidate, "-c", "import asyncio"],
-            capture_output=True,
-            timeout=30,
-            check=False,
-        )
-        if probe.returncode == 0:
-            return candidate
-    pytest.fail("no Python that uid 65534 can run")
-
-
 def tcp_port(daemon: DaemonProc) -> int:
     port = urllib.parse.urlsplit(daemon.api_url()).port
     assert port is not None
@@ -111,11 +95,10 @@ def test_a_status_flood_from_another_uid_leaves_other_users_reads_prompt(
     daemon: DaemonProc, require_binary: Callable[[str], str]
 ) -> None:
     setpriv = require_binary("setpriv")
-    python = python_for_users(setpriv)
     write(daemon, "db", "tcp", host="127.0.0.1", port=9)
     daemon.start()
     scraper = connect(daemon)  # the test, as root, over TCP from 127.0.0.1 like Prometheus
-    argv = [*as_user(setpriv, NOBODY), python, str(FLOOD_CLIENT), "--port", str(tcp_port(daemon))]
+    argv = [*flood_client_argv(setpriv), "--port", str(tcp_port(daemon))]
     argv += ["--connections", "32", "--depth", "16", "--path", "/v1/status", "--duration", "6"]
     flood = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -184,7 +167,6 @@ def test_one_uid_from_many_addresses_holds_one_allowance_and_root_gets_in(
     allowance; two more users take theirs, which fills what is not kept for root; root's
     streams and scrape from 127.0.0.1 still get in, and a fourth user does not."""
     setpriv = require_binary("setpriv")
-    python = python_for_users(setpriv)
     write(daemon, "db", "tcp", host="127.0.0.1", port=9)
     daemon.daemon_config.write_text(
         f"api:\n  max_connections: {MAX_CONNECTIONS}\n  max_connections_per_address: {PER_CLIENT}\n"
@@ -194,6 +176,7 @@ def test_one_uid_from_many_addresses_holds_one_allowance_and_root_gets_in(
     port = tcp_port(daemon)
     sources = [f"127.0.0.{n}" for n in range(2, 10)]
     own: list[socket.socket] = []
+    python = python_for_nobody(setpriv)  # any uid may run what nobody may
 
     def user(uid: int) -> list[str]:
         return [*as_user(setpriv, uid), python]

@@ -66,8 +66,10 @@ def types_param(request: Request) -> tuple[str, ...]:
 
 
 def order_param(request: Request) -> str:
-    order = last(request, "order") or "oldest"
-    if order not in ("oldest", "newest"):
+    order = last(request, "order")
+    if order is None:
+        return "oldest"
+    if order not in ("oldest", "newest"):  # an empty order= too: the document's enum has no ""
         raise HttpError(400, f"order must be oldest or newest, not {order!r}")
     return order
 
