@@ -301,7 +301,8 @@ def check_here(args: argparse.Namespace) -> int:
             )
         return address, await run_check(cfg, address.host if address else "")
 
-    containment.contain_commands()  # what the command leaves is killed and reaped, as in run
+    # one command: a cgroup for it costs one grace period, nothing like the daemon's every check
+    containment.contain_commands(use_cgroups=True)
     try:
         address, result = run_loop(once())
     finally:

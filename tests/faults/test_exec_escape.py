@@ -38,6 +38,13 @@ def shared() -> Iterator[Path]:
         path.rmdir()
 
 
+@pytest.fixture(autouse=True)
+def _cgroup_per_command(daemon: DaemonProc) -> None:
+    """Containment is asked for (it is off by default: see docs/PERFORMANCE.md); a test may
+    write its own daemon config over this one."""
+    daemon.daemon_config.write_text("security:\n  cgroup_per_command: true\n")
+
+
 def _pids(path: Path) -> list[int]:
     return [int(w) for w in path.read_text().split()] if path.exists() else []
 
@@ -234,9 +241,9 @@ def test_what_a_restart_command_starts_is_left_running(daemon: DaemonProc, share
 def test_cgroup_per_command_off_is_said_and_a_setsid_grandchild_then_survives(
     daemon: DaemonProc, shared: Path
 ) -> None:
-    """``security.cgroup_per_command: false`` saves the two migrations per command; the start
-    says so, and then (only then) a ``setsid()`` grandchild outlives its check, adopted by
-    the daemon (a subreaper all the same) and reaped when it ends."""
+    """``security.cgroup_per_command: false`` (the default) saves the cgroup moves per command;
+    the start says so, and then (only then) a ``setsid()`` grandchild outlives its check,
+    adopted by the daemon (a subreaper all the same) and reaped when it ends."""
     pids = shared / "pids"
     write(daemon, "escape", "exec", command=_escaping(pids, "exit 0"), interval=30.0, retries=1)
     daemon.daemon_config.write_text("security:\n  cgroup_per_command: false\n")

@@ -27,9 +27,9 @@ def test_security_keys() -> None:
         "security:\n  strict_modes: false\n  pass_environment: [TZ, HEALTHD_ITEST_MARK]\n", PATH
     )
     assert parsed.security == SecuritySettings(False, ("TZ", "HEALTHD_ITEST_MARK"))
-    assert parsed.security.cgroup_per_command  # on unless said
-    parsed = parse_daemon_file("security:\n  cgroup_per_command: false\n", PATH)
-    assert parsed.security == SecuritySettings(True, (), cgroup_per_command=False)
+    assert not parsed.security.cgroup_per_command  # off unless asked for
+    parsed = parse_daemon_file("security:\n  cgroup_per_command: true\n", PATH)
+    assert parsed.security == SecuritySettings(True, (), cgroup_per_command=True)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ file named on the command line must exist.
                                    # and that many kept for root
     security:
       strict_modes: true           # as root: no commands from files others could change
-      cgroup_per_command: true     # a cgroup per exec check where the host allows it
+      cgroup_per_command: false    # true: a cgroup per exec check where the host allows it
       pass_environment: [TZ]       # the daemon's variables that exec checks get too
     reload:
       watch: true                  # reload by itself when the config dir changes
@@ -113,12 +113,13 @@ class SecuritySettings:
     """``strict_modes``: see config/trust.py. ``pass_environment``: names of the daemon's own
     environment variables that exec checks get as well (they get nothing else of it).
     ``cgroup_per_command``: contain each exec check, sink command and lookup in a cgroup of
-    its own where the host allows it (containment.py); off, a ``setsid()`` grandchild escapes,
-    and the daemon saves the two migrations each command costs."""
+    its own where the host allows it (containment.py). Off by default: moving the daemon into
+    a cgroup waits for an RCU grace period on a default cgroup2 mount (about 8 ms on an idle
+    machine, much more on a busy one) with the event loop blocked, for every command."""
 
     strict_modes: bool = True
     pass_environment: tuple[str, ...] = ()
-    cgroup_per_command: bool = True
+    cgroup_per_command: bool = False
 
 
 @dataclass(frozen=True)
