@@ -79,6 +79,25 @@ def _reaped(pid: int) -> bool:
     return done == pid
 
 
+REAP_GROUP_FOR = 2.0  # seconds: then the periodic scan takes over
+
+
+def reap_group(
+    loop: asyncio.AbstractEventLoop, pgid: int, delay: float = 0.01, waited: float = 0.0
+) -> None:
+    """After the rest of a command's process group was killed: reap its members as they die.
+    Their parent is gone, so they are the daemon's to reap (a subreaper); without this they
+    would stay its zombies until the next periodic scan. Polls at doubling intervals while
+    anything (zombies included) is left in the group, for REAP_GROUP_FOR at most."""
+    reap_adopted()
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return  # nothing left, or the pgid is no longer ours
+    if waited < REAP_GROUP_FOR:
+        loop.call_later(delay, reap_group, loop, pgid, delay * 2, waited + delay)
+
+
 def reap_periodically(loop: asyncio.AbstractEventLoop) -> None:
     """Reap adopted processes every SCAN_INTERVAL for as long as ``loop`` runs (a scan of a
     few /proc files: no SIGCHLD handler, which the loop's own child handling could contend

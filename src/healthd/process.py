@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from healthd import orphans
 from healthd.accounts import Credentials
 from healthd.containment import cgroups
 from healthd.spawn import kill_group, program_path, reaped, spawn, spawn_as
@@ -270,8 +271,8 @@ class Child:
         else:
             code = os.waitstatus_to_exitcode(status)
         self._returncode = code
-        if self._kill_leftovers or self._timed_out:
-            kill_group(self.pid)
+        if (self._kill_leftovers or self._timed_out) and kill_group(self.pid):
+            orphans.reap_group(self._loop, self.pid)
         self._release_cgroup()  # the cgroup too: releasing it kills what it still holds
         if self._eof:
             self._report()

@@ -8,7 +8,6 @@ pipes they are given, and neither leaves a child that cannot be watched.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -17,10 +16,14 @@ from collections.abc import Mapping
 from healthd.accounts import Credentials
 
 
-def kill_group(pgid: int) -> None:
-    # already gone, or (PermissionError) a reused pgid that is no longer ours
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def kill_group(pgid: int) -> bool:
+    """SIGKILL the process group ``pgid``; whether anything was left in it to kill."""
+    try:
         os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        # already gone, or (PermissionError) a reused pgid that is no longer ours
+        return False
+    return True
 
 
 # Pids spawned here and not yet reaped by their owner (``reaped``): the orphan reaper
